@@ -1,0 +1,388 @@
+"""The `meshnode` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
+
+# Exit codes: 1 = the thing looked at is bad or absent (malformed packet, no daemon answering);
+# 2 = what the user gave is wrong (usage, config file, identity files).
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2
+CONFIG_ENV = "MESHNODE_CONFIG"
+DEFAULT_CONFIG = "node.toml"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="meshnode")
+def main() -> None:
+    """Peer-to-peer mesh daemon for machine learning over packed ternary HDC vectors."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per packet (JSON lines).")
+@click.option("--trust", "trust_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Public key, node certificate, mesh CA certificate or mesh directory whose signatures "
+                   "count as valid. Repeatable.")
+def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...]) -> None:
+    """Decode packets: one packet, a stream of frames, hex text, or a capture file (- for stdin).
+
+    Exits 1 if any input is malformed or any signature is invalid.
+    """
+    from .inspect import InspectError, TrustStore, inspect_bytes
+
+    trust = TrustStore()
+    for path in trust_paths:
+        try:
+            trust.add_file(path)
+        except (OSError, ValueError) as exc:
+            raise click.UsageError(f"--trust {path}: {exc}") from None
+
+    failed = False
+    for path in files:
+        name = "-" if str(path) == "-" else str(path)
+        try:
+            data = sys.stdin.buffer.read() if name == "-" else path.read_bytes()
+        except OSError as exc:
+            click.echo(f"{name}: cannot read: {exc.strerror}", err=True)
+            failed = True
+            continue
+        for result in inspect_bytes(data, trust):
+            if isinstance(result, InspectError):
+                failed = True
+                if as_json:
+                    click.echo(json.dumps({"file": name, **result.as_json()}))
+                else:
+                    where = f" at offset {result.offset}" if result.offset is not None else ""
+                    click.echo(f"{name}: error {result.reason}{where}: {result.message}", err=True)
+                continue
+            if result["signature"] == "invalid":
+                failed = True
+            if as_json:
+                click.echo(json.dumps({"file": name, **result}))
+            else:
+                click.echo(_format_packet(name, result))
+    sys.exit(EXIT_BAD_INPUT if failed else 0)
+
+
+def _format_packet(name: str, p: dict[str, Any]) -> str:
+    lines = [f"{name} @{p['offset']}: {p['kind']} v{p['version']}  {p['size']} bytes  signature {p['signature']}"]
+    if "direction" in p:
+        lines.append(f"  captured {p['captured_us']} us  {p['direction']}  peer {p['peer'][:16]}  {p['address']}")
+    if "reassembled_from" in p:
+        lines.append(f"  reassembled from {p['reassembled_from']} fragments")
+    lines.append(f"  id {p['packet_id']}  origin {p['origin'][:16]}  hop limit {p['hop_limit']}  "
+                 f"time {p['timestamp_us']} us  flags {','.join(p['flags']) or '-'}")
+    for key, value in p["body"].items():
+        if value is None or value == [] or value == {}:
+            continue
+        if isinstance(value, dict) and "encoding" in value and "dim" in value:
+            lines.append(_format_vectors(key, value))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"  {key}:")
+            for i, entry in enumerate(value):
+                parts = []
+                for k, v in entry.items():
+                    if isinstance(v, dict) and "encoding" in v:
+                        parts.append("\n  " + _format_vectors(f"  [{i}].{k}", v))
+                    elif v is not None:
+                        parts.append(f"{k}={_short(v)}")
+                lines.append(f"    [{i}] " + " ".join(parts))
+        else:
+            lines.append(f"  {key}: {_short(value)}")
+    return "\n".join(lines)
+
+
+def _format_vectors(key: str, v: dict[str, Any]) -> str:
+    if not v["count"] or not v["dim"]:
+        return f"  {key}: {v['count']} x {v['dim']} trits ({v['encoding']}, {v['bytes']} bytes)"
+    return (f"  {key}: {v['count']} x {v['dim']} trits, {v['encoding']}, {v['bytes']} bytes on the wire "
+            f"({v['bits_per_trit']:.3f} bits/trit), zeros {100 * v['zero_fraction']:.1f}%, "
+            f"{100 * v['vs_float32']:.2f}% of float32, space {v['space'][:16]}")
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------- mesh and node init
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """One line on stderr and exit: errors here are for people, not tracebacks."""
+    click.echo("error: " + " ".join(str(message).split()), err=True)
+    sys.exit(code)
+
+
+@main.group()
+def mesh() -> None:
+    """The mesh CA: the key that decides who belongs to the mesh."""
+
+
+@mesh.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing CA (every node must then be enrolled again).")
+def mesh_init(directory: Path, force: bool) -> None:
+    """Create a mesh CA (Ed25519) in DIRECTORY: ca.key (secret) and ca.crt."""
+    from .identity import CA_CERT_FILE, CA_KEY_FILE, IdentityError, init_mesh
+
+    try:
+        ca = init_mesh(directory, force=force)
+    except IdentityError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"{directory}: {exc.strerror or exc}", EXIT_USAGE)
+    d = directory.absolute()
+    click.echo(f"mesh id         {ca.mesh_id.hex()}")
+    click.echo(f"CA certificate  {d / CA_CERT_FILE}")
+    click.echo(f"CA key          {d / CA_KEY_FILE}  (secret: keep it off the nodes; it enrols new ones)")
+
+
+@main.group()
+def node() -> None:
+    """This machine's membership of a mesh: key, certificate and node.toml."""
+
+
+@node.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--mesh", "mesh_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory made by `meshnode mesh init` (its ca.key signs the new certificate).")
+@click.option("--name", required=True, help="Node name: letters, digits, '.', '_' or '-'.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="TCP port for peers; 0 picks a free one. Give a fixed port if others list this node.")
+@click.option("--listen-host", default=None, help="Address to accept peers on [default: 0.0.0.0].")
+@click.option("--static-peer", "static_peers", multiple=True, metavar="HOST:PORT",
+              help="A peer to dial beyond the LAN. Repeatable.")
+@click.option("--data-dir", default="data", show_default=True,
+              help="State, control socket and captures; relative to DIRECTORY.")
+@click.option("--force", is_flag=True, help="Replace an existing key, certificate and node.toml.")
+def node_init(directory: Path, mesh_dir: Path, name: str, port: int, listen_host: str | None,
+              static_peers: tuple[str, ...], data_dir: str, force: bool) -> None:
+    """Enrol a node: key, certificate signed by the mesh CA, and DIRECTORY/node.toml."""
+    import tomllib
+
+    from .config import CONFIG_FILE, ConfigError, default_config_text, parse_config, write_default_config
+    from .identity import IdentityError, init_node, load_mesh, validate_node_name
+
+    config_path = directory.absolute() / CONFIG_FILE
+    values: dict[str, Any] = {"data_dir": data_dir, "listen_port": port, "static_peers": static_peers}
+    if listen_host is not None:
+        values["listen_host"] = listen_host
+    try:
+        # Everything is checked before the first file is written, so a typo leaves nothing behind.
+        validate_node_name(name)
+        if not force and (config_path.exists() or config_path.is_symlink()):
+            _fail(f"{config_path}: already exists; refusing to overwrite (use --force)", EXIT_USAGE)
+        parse_config(tomllib.loads(default_config_text(name, **values)), base_dir=directory.absolute(),
+                     source=config_path)
+        if not mesh_dir.is_dir():
+            _fail(f"--mesh {mesh_dir}: no such directory (create the mesh with `meshnode mesh init`)",
+                  EXIT_USAGE)
+        ca = load_mesh(mesh_dir)
+        identity = init_node(directory, ca, name, force=force)
+        write_default_config(config_path, name=name, force=force, **values)
+    except (IdentityError, ConfigError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"{exc.filename or directory}: {exc.strerror or exc}", EXIT_USAGE)
+    click.echo(f"node id  {identity.node_id_hex}")
+    click.echo(f"name     {identity.name}")
+    click.echo(f"mesh id  {identity.mesh_id.hex()}")
+    click.echo(f"config   {config_path}")
+    click.echo(f"start it with: meshnode run --config {config_path}")
+
+
+# -------------------------------------------------------------------------------------- the daemon
+
+
+def _config_option(f: F) -> F:
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar=CONFIG_ENV,
+        default=DEFAULT_CONFIG, show_default=f"${CONFIG_ENV} or ./{DEFAULT_CONFIG}",
+        help="The node's node.toml.",
+    )(f)
+
+
+def _load_config(path: Path, *, check_files: bool) -> Config:
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(path, check_files=check_files)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+@main.command()
+@_config_option
+@click.option("--capture", type=click.Path(dir_okay=False, path_type=Path),
+              help="Record every packet sent or received to this file (instead of capture.file).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Instead of node.log_level.")
+def run(config_path: Path, capture: Path | None, log_level: str | None) -> None:
+    """Run the daemon until SIGINT or SIGTERM.
+
+    Exits 2, with one line on stderr, when the config or identity files are unusable.
+    """
+    from .identity import IdentityError, load_node_identity
+
+    cfg = _load_config(config_path, check_files=True)
+    try:
+        # Caught here rather than deep in start-up: a wrong key or a certificate from another mesh
+        # is the most common first-run mistake, and deserves the same one-line answer as a config typo.
+        load_node_identity(cfg.identity.key, cfg.identity.cert, cfg.identity.ca_cert)
+    except IdentityError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if log_level:
+        cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, log_level=log_level.lower()))
+    logging.basicConfig(level=cfg.node.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        from .node import run_daemon
+    except ImportError as exc:
+        if exc.name != "meshnode.node":
+            raise  # a bug inside the daemon's modules: the traceback is what a developer needs
+        _fail(f"the daemon is not available in this build ({exc})", EXIT_BAD_INPUT)
+    from .config import ConfigError
+
+    try:
+        code = run_daemon(cfg, capture=capture.absolute() if capture is not None else None)
+    except (ConfigError, IdentityError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------- asking the daemon
+
+
+def _control_options(f: F) -> F:
+    f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+                     help="Seconds to wait for the daemon.")(f)
+    f = click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="The control socket, instead of reading its path from the config.")(f)
+    return _config_option(f)
+
+
+def _json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")(f)
+
+
+def _ask(cmd: str, config_path: Path, socket_path: Path | None, timeout: float) -> Any:
+    from .control import ControlError, query_sync
+
+    path = socket_path if socket_path is not None else _load_config(config_path, check_files=False).control.socket
+    try:
+        return query_sync(path, cmd, timeout=timeout)
+    except ControlError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
+def _expect(cmd: str, value: Any, kind: type) -> Any:
+    if not isinstance(value, kind):
+        _fail(f"the daemon's {cmd} answer is a {type(value).__name__}, expected a {kind.__name__}", EXIT_BAD_INPUT)
+    return value
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+@main.command()
+@_control_options
+@_json_option
+def status(config_path: Path, socket_path: Path | None, timeout: float, as_json: bool) -> None:
+    """What the local daemon is: node, mesh, address, uptime. Exits 1 if no daemon answers."""
+    result = _expect("status", _ask("status", config_path, socket_path, timeout), dict)
+    if as_json:
+        _print_json(result)
+    else:
+        from .cli_tables import status_table
+
+        _console().print(status_table(result))
+
+
+@main.command()
+@_control_options
+@_json_option
+def peers(config_path: Path, socket_path: Path | None, timeout: float, as_json: bool) -> None:
+    """The local daemon's peer links. Exits 1 if no daemon answers."""
+    result = _expect("peers", _ask("peers", config_path, socket_path, timeout), list)
+    if as_json:
+        _print_json(result)
+    elif not result:
+        click.echo("no peers")
+    else:
+        from .cli_tables import peers_table
+
+        _console().print(peers_table(result))
+
+
+@main.command()
+@_control_options
+@_json_option
+def workers(config_path: Path, socket_path: Path | None, timeout: float, as_json: bool) -> None:
+    """The local daemon's workers and what they report. Exits 1 if no daemon answers."""
+    result = _expect("workers", _ask("workers", config_path, socket_path, timeout), list)
+    if as_json:
+        _print_json(result)
+    elif not result:
+        click.echo("no workers")
+    else:
+        from .cli_tables import workers_table
+
+        _console().print(workers_table(result))
+
+
+@main.command()
+@_control_options
+@_json_option
+def counters(config_path: Path, socket_path: Path | None, timeout: float, as_json: bool) -> None:
+    """The local daemon's counters (drops, refusals, traffic). Exits 1 if no daemon answers."""
+    result = _expect("counters", _ask("counters", config_path, socket_path, timeout), dict)
+    if as_json:
+        _print_json(result)
+    elif not result:
+        click.echo("no counters")
+    else:
+        from .cli_tables import counters_table
+
+        _console().print(counters_table(result))
+
+
+@main.command()
+@_control_options
+def metrics(config_path: Path, socket_path: Path | None, timeout: float) -> None:
+    """The local daemon's counters as Prometheus text (e.g. for node_exporter's textfile collector)."""
+    result = _expect("metrics", _ask("metrics", config_path, socket_path, timeout), str)
+    click.echo(result, nl=False)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output gets rich's 80 columns unless told otherwise; 160 keeps a peer on one line.
+    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+    return Console(width=width, highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,291 @@
+"""Stream framing (SPEC §1) and fragmentation / reassembly of large packets (SPEC §5). Sans-IO.
+
+- `encode_frame(raw)` / `FrameDecoder(max_frame).feed(chunk)`: u32 length-prefixed frames over a
+  byte stream, fed in arbitrary chunks.
+- `fragment_packet(raw, signer_or_origin, fragment_size=F)`: split one encoded packet into encoded,
+  unsigned fragment packets.
+- `Reassembler(limits).add(fragment_packet, now)`: put them back together, bounded in memory (a cap
+  with eviction of the oldest incomplete sets) and in time (`expire(now)`); the caller passes `now`
+  (any monotonic clock in seconds), nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .errors import FrameError, Reason
+from .limits import DEFAULT_LIMITS, Limits
+from .packet import HEADER_LEN, MAGIC, PROTOCOL_VERSION, Fragment, Packet, Signer, encode_packet, max_packet_len
+
+__all__ = ["FRAME_PREFIX_LEN", "FRAGMENT_OVERHEAD", "encode_frame", "FrameDecoder", "fragment_packet", "Reassembler"]
+
+FRAME_PREFIX_LEN = 4
+FRAGMENT_OVERHEAD = 256       # a fragment packet is at most fragment_size + this many bytes
+PIECE_OVERHEAD = 128          # bytes charged per held piece on top of its data (Python object costs)
+SET_OVERHEAD = 512            # bytes charged per incomplete set
+_LEN = struct.Struct("<I")
+_RECENT_DONE = 4096           # completed (origin, whole) keys remembered, so late duplicates are ignored
+
+
+def encode_frame(raw: bytes) -> bytes:
+    """One frame: u32 little-endian length, then the packet."""
+    n = len(raw)
+    if not 1 <= n <= 0xFFFFFFFF:
+        raise FrameError(Reason.TOO_LARGE if n else Reason.BAD_HEADER, f"cannot frame {n} bytes")
+    return _LEN.pack(n) + raw
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames. `feed` accepts any chunking (one byte at a time included)
+    and returns the frames completed so far. A length over `max_frame` is refused (TOO_LARGE) as soon
+    as its 4 bytes arrive, before anything is buffered for it; a length of 0 is BAD_HEADER. After an
+    error the stream is unusable: every later `feed` raises the same error. The error raised carries
+    `frames`: the frames completed in that same call before the bad prefix (a session still handles
+    them before it fails).
+
+    `offset` in errors is the position of the bad length prefix in the whole stream.
+    """
+
+    __slots__ = ("max_frame", "_buf", "_consumed", "_error")
+
+    def __init__(self, max_frame: int = DEFAULT_LIMITS.max_frame) -> None:
+        if max_frame < 1:
+            raise ValueError("max_frame must be positive")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._consumed = 0          # stream offset of _buf[0]
+        self._error: FrameError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not part of a returned frame yet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        if not buf:
+            # Fast path: parse straight from the caller's chunk, buffer only the incomplete tail.
+            view = memoryview(data)
+            frames, used = self._parse(view)
+            self._consumed += used
+            if used < len(view):
+                buf += view[used:]
+            return frames
+        buf += data
+        with memoryview(buf) as view:
+            frames, used = self._parse(view)
+        if used:
+            del buf[:used]
+            self._consumed += used
+        return frames
+
+    def _parse(self, view: memoryview) -> tuple[list[bytes], int]:
+        frames: list[bytes] = []
+        pos = 0
+        end = len(view)
+        max_frame = self.max_frame
+        while end - pos >= 4:
+            (n,) = _LEN.unpack_from(view, pos)
+            if n > max_frame or n == 0:
+                if n:
+                    args = (Reason.TOO_LARGE, f"frame of {n} bytes exceeds max_frame {max_frame}")
+                else:
+                    args = (Reason.BAD_HEADER, "frame of length 0")
+                self._error = FrameError(*args, offset=self._consumed + pos)
+                self._error.frames = []  # type: ignore[attr-defined]
+                exc = FrameError(*args, offset=self._consumed + pos)
+                exc.frames = frames  # type: ignore[attr-defined]
+                raise exc
+            if end - pos - 4 < n:
+                break
+            frames.append(bytes(view[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+        return frames, pos
+
+
+def _add_id(first: bytes, i: int) -> bytes:
+    return ((int.from_bytes(first, "big") + i) % (1 << 128)).to_bytes(16, "big")
+
+
+def fragment_packet(raw: bytes, signer_or_origin: Signer | bytes, *, fragment_size: int,
+                    first_packet_id: bytes | None = None, timestamp_us: int | None = None,
+                    minor: int = PROTOCOL_VERSION[1], limits: Limits = DEFAULT_LIMITS) -> list[bytes]:
+    """Split the encoded packet `raw` into ceil(len/F) encoded fragment packets (SPEC §5).
+
+    `signer_or_origin` names the fragmenting node (a Signer's node id, or 32 raw bytes); fragments
+    are never signed. Each fragment gets its own packet id: random, or `first_packet_id` + i (big
+    endian, for reproducible test vectors). Hop limit 0.
+    """
+    if fragment_size < 1:
+        raise ValueError("fragment_size must be positive")
+    origin = signer_or_origin.node_id if isinstance(signer_or_origin, Signer) else bytes(signer_or_origin)
+    total = len(raw)
+    if total < HEADER_LEN or raw[:4] != MAGIC:
+        raise FrameError(Reason.BAD_HEADER, "fragment_packet needs an encoded packet")
+    if total > max_packet_len(limits):
+        raise FrameError(Reason.TOO_LARGE, f"packet of {total} bytes exceeds the largest packet {max_packet_len(limits)}")
+    count = -(-total // fragment_size)
+    if count > limits.max_fragments:
+        raise FrameError(Reason.TOO_LARGE, f"{count} fragments exceed max_fragments {limits.max_fragments}")
+    whole = bytes(raw[24:40])
+    if timestamp_us is None:
+        timestamp_us = time.time_ns() // 1000
+    view = memoryview(raw)
+    out = []
+    for i in range(count):
+        pid = _add_id(first_packet_id, i) if first_packet_id is not None else None
+        piece = Fragment(whole=whole, index=i, count=count, total=total,
+                         data=bytes(view[i * fragment_size:(i + 1) * fragment_size]))
+        out.append(encode_packet(piece, None, origin=origin, packet_id=pid, timestamp_us=timestamp_us, hop_limit=0,
+                                 minor=minor, limits=limits, _validate=False))
+    return out
+
+
+@dataclass(slots=True)
+class _Set:
+    count: int
+    total: int
+    size: int                      # F, the size of every piece but the last
+    created: float
+    pieces: dict[int, bytes]
+    held: int                      # bytes charged to this set
+
+
+class Reassembler:
+    """Reassembles fragment packets by (origin, whole), in any order, with duplicates.
+
+    Memory: `bytes_held` (piece data plus PIECE_OVERHEAD per piece and SET_OVERHEAD per set, so that
+    many tiny pieces cannot hide their cost) never exceeds `limits.reassembly_cap`: a piece that would
+    exceed it evicts the oldest incomplete sets first; a set that could not fit even alone is refused
+    with REASSEMBLY_FULL. Time: sets older than `limits.reassembly_timeout` (since their first piece)
+    are dropped by `expire(now)`, which `add` also calls. `now` must not go backwards.
+
+    A piece that disagrees with its set (count, total, length, or the content of a duplicate) raises
+    BAD_FRAGMENT and drops the whole set. Pieces of a set completed recently are ignored.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._sets: dict[tuple[bytes, bytes], _Set] = {}     # insertion order = age order
+        self._done: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        self.bytes_held = 0
+        self.expired = 0           # counters, for metrics
+        self.evicted = 0
+        self.completed = 0
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def expire(self, now: float) -> int:
+        """Drop incomplete sets whose first piece is older than the timeout; returns how many."""
+        deadline = now - self.limits.reassembly_timeout
+        dropped = 0
+        sets = self._sets
+        while sets:
+            key = next(iter(sets))
+            s = sets[key]
+            if s.created > deadline:
+                break
+            del sets[key]
+            self.bytes_held -= s.held
+            dropped += 1
+        self.expired += dropped
+        return dropped
+
+    def add(self, packet: Packet, now: float) -> bytes | None:
+        """Add one fragment packet; returns the whole packet's bytes when this piece completes it."""
+        frag = packet.body
+        if not isinstance(frag, Fragment):
+            raise FrameError(Reason.BAD_FRAGMENT, f"a {packet.header.kind.name.lower()} packet is not a fragment")
+        self.expire(now)
+        lim = self.limits
+        key = (packet.header.origin, frag.whole)
+        if key in self._done:
+            return None
+        count, total, index, data = frag.count, frag.total, frag.index, frag.data
+        length = len(data)
+        if count > lim.max_fragments or not 0 <= index < count or total > max_packet_len(lim) or not 1 <= length <= total:
+            raise FrameError(Reason.BAD_FRAGMENT, f"fragment {index}/{count} of {length} bytes for {total}")
+        s = self._sets.get(key)
+        if s is None:
+            size = _piece_size(count, total, index, length)
+            if count == 1:
+                self._remember(key)
+                self.completed += 1
+                return data
+            if total + count * PIECE_OVERHEAD + SET_OVERHEAD > lim.reassembly_cap:
+                raise FrameError(Reason.REASSEMBLY_FULL,
+                                 f"a packet of {total} bytes in {count} pieces exceeds the reassembly cap {lim.reassembly_cap}")
+            s = _Set(count, total, size, now, {}, SET_OVERHEAD)
+            self._make_room(s.held + length + PIECE_OVERHEAD, None)
+            self._sets[key] = s
+            self.bytes_held += s.held
+        else:
+            if count != s.count or total != s.total:
+                self._drop(key)
+                raise FrameError(Reason.BAD_FRAGMENT,
+                                 f"fragment says {count} pieces / {total} bytes, its set has {s.count} / {s.total}")
+            expected = s.size if index < count - 1 else total - (count - 1) * s.size
+            if length != expected:
+                self._drop(key)
+                raise FrameError(Reason.BAD_FRAGMENT, f"piece {index} has {length} bytes, expected {expected}")
+            old = s.pieces.get(index)
+            if old is not None:
+                if old != data:
+                    self._drop(key)
+                    raise FrameError(Reason.BAD_FRAGMENT, f"duplicate piece {index} differs from the first copy")
+                return None
+            self._make_room(length + PIECE_OVERHEAD, key)
+        s.pieces[index] = data
+        s.held += length + PIECE_OVERHEAD
+        self.bytes_held += length + PIECE_OVERHEAD
+        if len(s.pieces) < count:
+            return None
+        self._drop(key)
+        self._remember(key)
+        self.completed += 1
+        pieces = s.pieces
+        return b"".join([pieces[i] for i in range(count)])
+
+    def _make_room(self, need: int, keep: tuple[bytes, bytes] | None) -> None:
+        cap = self.limits.reassembly_cap
+        while self.bytes_held + need > cap:
+            victim = next((k for k in self._sets if k != keep), None)
+            if victim is None:
+                return
+            self._drop(victim)
+            self.evicted += 1
+
+    def _drop(self, key: tuple[bytes, bytes]) -> None:
+        s = self._sets.pop(key, None)
+        if s is not None:
+            self.bytes_held -= s.held
+
+    def _remember(self, key: tuple[bytes, bytes]) -> None:
+        self._done[key] = None
+        if len(self._done) > _RECENT_DONE:
+            self._done.popitem(last=False)
+
+
+def _piece_size(count: int, total: int, index: int, length: int) -> int:
+    """F, inferred from the first piece of a set (SPEC §5): every piece but the last has F bytes."""
+    if count == 1:
+        if length != total:
+            raise FrameError(Reason.BAD_FRAGMENT, f"single piece of {length} bytes for a packet of {total}")
+        return total
+    if index < count - 1:
+        size = length
+    else:
+        rest = total - length
+        if rest <= 0 or rest % (count - 1):
+            raise FrameError(Reason.BAD_FRAGMENT, f"last piece of {length} bytes does not fit {count} pieces of {total}")
+        size = rest // (count - 1)
+    if not (count - 1) * size < total <= count * size:
+        raise FrameError(Reason.BAD_FRAGMENT, f"{count} pieces of {size} bytes cannot make {total}")
+    return size
+

@@ -1,0 +1,1 @@
+"""Pluggable workers: the learning happens here, behind the context the daemon gives them."""

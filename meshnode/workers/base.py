@@ -1,0 +1,109 @@
+"""The worker plugin interface.
+
+A worker never touches sockets: the daemon hands it a `WorkerContext` (publish, subscribe, identity,
+storage, logger, metrics, clock, an executor for heavy work) and starts and stops it with itself.
+Third-party workers register a `Worker` subclass under the entry-point group `meshnode.workers`:
+
+    [project.entry-points."meshnode.workers"]
+    my-worker = "my_package.module:MyWorker"
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from ..clock import Clock
+from ..metrics import Metrics
+from ..wire.packet import Packet
+
+ENTRY_POINT_GROUP = "meshnode.workers"
+
+T = TypeVar("T")
+PacketHandler = Callable[[Packet], Awaitable[None] | None]
+
+
+class WorkerSettingsError(ValueError):
+    """A worker's settings in the config file are wrong; the message names the setting."""
+
+
+class Subscription(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Publisher(Protocol):
+    """What the daemon provides for a worker's traffic."""
+
+    async def publish(self, body: Any, *, hop_limit: int | None = None) -> bytes:
+        """Sign `body` as this node, send it to the mesh, return its packet id."""
+
+    def subscribe(self, topic: str, handler: PacketHandler) -> Subscription:
+        """Call `handler` with every verified packet on `topic` (the worker's own excluded)."""
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    node_id: bytes
+    node_name: str
+    storage: Path                # this worker's own directory under the node's data directory
+    logger: logging.Logger
+    metrics: Metrics             # this worker's metrics, served by the control API
+    clock: Clock
+    bus: Publisher
+    run_blocking: Callable[..., Awaitable[Any]]   # run_blocking(fn, *args): off the event loop
+
+    async def publish(self, body: Any, *, hop_limit: int | None = None) -> bytes:
+        return await self.bus.publish(body, hop_limit=hop_limit)
+
+    def subscribe(self, topic: str, handler: PacketHandler) -> Subscription:
+        return self.bus.subscribe(topic, handler)
+
+
+class Worker(abc.ABC):
+    """Base class of every worker. Subclasses validate their settings in `__init__` (raising
+    WorkerSettingsError naming the setting), do their work in tasks started by `start`, and
+    release everything in `stop`."""
+
+    type_name: ClassVar[str]
+
+    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+        self.name = name
+        self.settings = dict(settings)
+
+    @abc.abstractmethod
+    async def start(self, ctx: WorkerContext) -> None:
+        """Begin work; return promptly (long work belongs in tasks the worker owns)."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop all tasks and flush state; called once, on daemon shutdown."""
+
+    def status(self) -> dict[str, Any]:
+        """What `meshnode status` shows for this worker."""
+        return {}
+
+
+def builtin_workers() -> dict[str, type[Worker]]:
+    from .heartbeat import HeartbeatWorker  # local import: built-ins load only when asked for
+
+    return {HeartbeatWorker.type_name: HeartbeatWorker}
+
+
+def load_worker_class(type_name: str) -> type[Worker]:
+    """A built-in worker, or one registered under the `meshnode.workers` entry-point group."""
+    builtins = builtin_workers()
+    if type_name in builtins:
+        return builtins[type_name]
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == type_name:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Worker)):
+                raise WorkerSettingsError(f"entry point {ep.value} for worker {type_name!r} is not a Worker subclass")
+            return cls
+    known = sorted(set(builtins) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    raise WorkerSettingsError(f"unknown worker type {type_name!r} (known: {', '.join(known)})")
