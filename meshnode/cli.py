@@ -37,16 +37,20 @@ def main() -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per packet (JSON lines).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per packet or error (JSON lines).")
 @click.option("--trust", "trust_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Public key, node certificate, mesh CA certificate or mesh directory whose signatures "
-                   "count as valid. Repeatable.")
+              help="Public key (raw 32 bytes, hex or PEM), node certificate, mesh CA certificate, or a mesh "
+                   "or node directory, whose signatures count as valid. Repeatable.")
 def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...]) -> None:
     """Decode packets: one packet, a stream of frames, hex text, or a capture file (- for stdin).
 
-    Exits 1 if any input is malformed or any signature is invalid.
+    For each packet: header, body fields, signature status (valid, invalid, unknown_key,
+    self_signed, unsigned) and, for every vector block, its dimension, encoding, bytes on the wire,
+    fraction of zeros and size relative to float32. Exits 1 if any input is malformed, any
+    signature is invalid or a packet that must be signed is not; errors give the reason code and
+    the byte offset.
     """
-    from .inspect import InspectError, TrustStore, inspect_bytes
+    from .inspect import InspectError, TrustStore, format_error, format_text, inspect_bytes
 
     trust = TrustStore()
     for path in trust_paths:
@@ -57,11 +61,11 @@ def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...
 
     failed = False
     for path in files:
-        name = "-" if str(path) == "-" else str(path)
+        name = str(path)
         try:
-            data = sys.stdin.buffer.read() if name == "-" else path.read_bytes()
+            data = click.get_binary_stream("stdin").read() if name == "-" else path.read_bytes()
         except OSError as exc:
-            click.echo(f"{name}: cannot read: {exc.strerror}", err=True)
+            click.echo(f"{name}: error cannot_read: {exc.strerror or exc}", err=True)
             failed = True
             continue
         for result in inspect_bytes(data, trust):
@@ -70,57 +74,12 @@ def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...
                 if as_json:
                     click.echo(json.dumps({"file": name, **result.as_json()}))
                 else:
-                    where = f" at offset {result.offset}" if result.offset is not None else ""
-                    click.echo(f"{name}: error {result.reason}{where}: {result.message}", err=True)
-                continue
-            if result["signature"] == "invalid":
-                failed = True
-            if as_json:
+                    click.echo(format_error(name, result), err=True)
+            elif as_json:
                 click.echo(json.dumps({"file": name, **result}))
             else:
-                click.echo(_format_packet(name, result))
+                click.echo(format_text(name, result))
     sys.exit(EXIT_BAD_INPUT if failed else 0)
-
-
-def _format_packet(name: str, p: dict[str, Any]) -> str:
-    lines = [f"{name} @{p['offset']}: {p['kind']} v{p['version']}  {p['size']} bytes  signature {p['signature']}"]
-    if "direction" in p:
-        lines.append(f"  captured {p['captured_us']} us  {p['direction']}  peer {p['peer'][:16]}  {p['address']}")
-    if "reassembled_from" in p:
-        lines.append(f"  reassembled from {p['reassembled_from']} fragments")
-    lines.append(f"  id {p['packet_id']}  origin {p['origin'][:16]}  hop limit {p['hop_limit']}  "
-                 f"time {p['timestamp_us']} us  flags {','.join(p['flags']) or '-'}")
-    for key, value in p["body"].items():
-        if value is None or value == [] or value == {}:
-            continue
-        if isinstance(value, dict) and "encoding" in value and "dim" in value:
-            lines.append(_format_vectors(key, value))
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            lines.append(f"  {key}:")
-            for i, entry in enumerate(value):
-                parts = []
-                for k, v in entry.items():
-                    if isinstance(v, dict) and "encoding" in v:
-                        parts.append("\n  " + _format_vectors(f"  [{i}].{k}", v))
-                    elif v is not None:
-                        parts.append(f"{k}={_short(v)}")
-                lines.append(f"    [{i}] " + " ".join(parts))
-        else:
-            lines.append(f"  {key}: {_short(value)}")
-    return "\n".join(lines)
-
-
-def _format_vectors(key: str, v: dict[str, Any]) -> str:
-    if not v["count"] or not v["dim"]:
-        return f"  {key}: {v['count']} x {v['dim']} trits ({v['encoding']}, {v['bytes']} bytes)"
-    return (f"  {key}: {v['count']} x {v['dim']} trits, {v['encoding']}, {v['bytes']} bytes on the wire "
-            f"({v['bits_per_trit']:.3f} bits/trit), zeros {100 * v['zero_fraction']:.1f}%, "
-            f"{100 * v['vs_float32']:.2f}% of float32, space {v['space'][:16]}")
-
-
-def _short(value: Any, limit: int = 100) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------- mesh and node init

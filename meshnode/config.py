@@ -277,6 +277,12 @@ SCHEMA: dict[str, dict[str, Setting]] = {
                              "decrement it).", _in_range(1, 255)),
         "dedup_cache": Setting(Kind.INT, 65536, "Packet ids remembered to drop duplicates and replays.",
                                _positive),
+        "dedup_window": Setting(Kind.FLOAT, 300.0, "Seconds a packet id is remembered, by the packet's own "
+                                "timestamp; older packets (and ones stamped further in the future) are dropped "
+                                "as stale replays. Clocks of the mesh must agree to well within this.",
+                                _positive),
+        "max_members": Setting(Kind.INT, 4096, "Most mesh members whose keys this node holds (learned from "
+                               "hellos, directly or relayed); hellos of further nodes are refused.", _positive),
         **_wire_limit_settings(),
     },
     "capture": {
@@ -335,6 +341,8 @@ class LimitsConfig:
     ping_interval: float
     hop_limit: int
     dedup_cache: int
+    dedup_window: float
+    max_members: int
     wire: Limits  # the [limits] keys named after wire.limits.Limits fields, as one object for wire/
 
 
@@ -636,7 +644,7 @@ def default_config_text(
         "# Workers: one [[workers]] table each; `settings` is passed to the worker as is.",
         "# [[workers]]",
         '# name = "heartbeat"',
-        '# type = "heartbeat"',
+        '# type = "heartbeat-vectors"',
         "# [workers.settings]",
         "# interval = 10.0",
         "",

@@ -14,13 +14,17 @@ from __future__ import annotations
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import FrameError, Reason
 from .limits import DEFAULT_LIMITS, Limits
 from .packet import HEADER_LEN, MAGIC, PROTOCOL_VERSION, Fragment, Packet, Signer, encode_packet, max_packet_len
 
-__all__ = ["FRAME_PREFIX_LEN", "FRAGMENT_OVERHEAD", "encode_frame", "FrameDecoder", "fragment_packet", "Reassembler"]
+__all__ = [
+    "FRAME_PREFIX_LEN", "FRAGMENT_OVERHEAD", "encode_frame", "FrameDecoder", "fragment_packet", "iter_fragments",
+    "Reassembler",
+]
 
 FRAME_PREFIX_LEN = 4
 FRAGMENT_OVERHEAD = 256       # a fragment packet is at most fragment_size + this many bytes
@@ -121,6 +125,16 @@ def fragment_packet(raw: bytes, signer_or_origin: Signer | bytes, *, fragment_si
     are never signed. Each fragment gets its own packet id: random, or `first_packet_id` + i (big
     endian, for reproducible test vectors). Hop limit 0.
     """
+    return list(iter_fragments(raw, signer_or_origin, fragment_size=fragment_size, first_packet_id=first_packet_id,
+                               timestamp_us=timestamp_us, minor=minor, limits=limits))
+
+
+def iter_fragments(raw: bytes, signer_or_origin: Signer | bytes, *, fragment_size: int,
+                   first_packet_id: bytes | None = None, timestamp_us: int | None = None,
+                   minor: int = PROTOCOL_VERSION[1], limits: Limits = DEFAULT_LIMITS) -> Iterator[bytes]:
+    """`fragment_packet`, one fragment at a time: a sender that interleaves other frames between the
+    pieces of a large packet encodes each piece only when it is about to go out (one copy of `raw`
+    held, not two). The arguments are checked now; errors never come from the iteration."""
     if fragment_size < 1:
         raise ValueError("fragment_size must be positive")
     origin = signer_or_origin.node_id if isinstance(signer_or_origin, Signer) else bytes(signer_or_origin)
@@ -132,18 +146,22 @@ def fragment_packet(raw: bytes, signer_or_origin: Signer | bytes, *, fragment_si
     count = -(-total // fragment_size)
     if count > limits.max_fragments:
         raise FrameError(Reason.TOO_LARGE, f"{count} fragments exceed max_fragments {limits.max_fragments}")
-    whole = bytes(raw[24:40])
     if timestamp_us is None:
         timestamp_us = time.time_ns() // 1000
+    return _fragments(raw, origin, fragment_size, count, first_packet_id, timestamp_us, minor, limits)
+
+
+def _fragments(raw: bytes, origin: bytes, fragment_size: int, count: int, first_packet_id: bytes | None,
+               timestamp_us: int, minor: int, limits: Limits) -> Iterator[bytes]:
+    whole = bytes(raw[24:40])
+    total = len(raw)
     view = memoryview(raw)
-    out = []
     for i in range(count):
         pid = _add_id(first_packet_id, i) if first_packet_id is not None else None
         piece = Fragment(whole=whole, index=i, count=count, total=total,
                          data=bytes(view[i * fragment_size:(i + 1) * fragment_size]))
-        out.append(encode_packet(piece, None, origin=origin, packet_id=pid, timestamp_us=timestamp_us, hop_limit=0,
-                                 minor=minor, limits=limits, _validate=False))
-    return out
+        yield encode_packet(piece, None, origin=origin, packet_id=pid, timestamp_us=timestamp_us, hop_limit=0,
+                            minor=minor, limits=limits, _validate=False)
 
 
 @dataclass(slots=True)

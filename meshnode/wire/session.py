@@ -8,7 +8,9 @@
     transport.write(session.send(body))                   # our packets -> bytes (fragmented as needed)
 
 Output: methods the caller invokes for its own packets (`start`, `send`, `send_raw`, `ping`,
-`close`) return the bytes to write. Bytes the session produces by itself while receiving (the pong
+`close`) return the bytes to write. `send_frames` / `send_raw_frames` return the same frames one at a
+time, lazily (a large packet's fragments are encoded only as they are taken), so that a writer can
+put small frames between the fragments of a big packet. Bytes the session produces by itself while receiving (the pong
 that answers a ping, the bye sent when the session fails) go to an outbox drained by
 `data_to_send()`, as in h2: call it after every `receive_data`. Every piece of output is one or more
 whole frames, so the caller may write the two streams in any order.
@@ -20,6 +22,10 @@ origin), a packet from the peer against the peer's hello key, any other origin a
 `key_for(origin)`. Fragments are reassembled here; the whole packet then takes the same path.
 
 - A malformed, unsigned, badly signed or unknown-origin packet yields PacketDropped; the session goes on.
+- A hello from another origin once OPEN is a member announcement (a relayed hello that carries a
+  node's key and certificate, so packets it originates can be verified here): it yields
+  MemberAnnounced once its self-signature checks out; whether the certificate belongs to the mesh is
+  the caller's business. A second hello from the peer itself is still a protocol violation.
 - A framing error, a packet the current state does not allow, or a peer of another major version
   yields SessionFailed: the state becomes CLOSED, a bye is queued in the outbox, and the caller should
   flush `data_to_send()` and close the transport. Data received once CLOSED is ignored.
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -37,7 +43,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import FrameError, PacketError, Reason, SessionError, WireError
-from .frames import FRAGMENT_OVERHEAD, FrameDecoder, Reassembler, encode_frame, fragment_packet
+from .frames import FRAGMENT_OVERHEAD, FrameDecoder, Reassembler, encode_frame, iter_fragments
 from .limits import DEFAULT_LIMITS, Limits
 from .packet import (
     HEADER_LEN, MAGIC, PROTOCOL_VERSION, Body, Bye, Hello, Kind, Packet, Ping, Pong, Signer, _public_key,
@@ -45,9 +51,13 @@ from .packet import (
 )
 
 __all__ = [
-    "State", "Session", "Event", "HelloReceived", "PacketReceived", "PongReceived", "PacketDropped",
-    "SessionFailed", "Closed",
+    "State", "Session", "Event", "HelloReceived", "MemberAnnounced", "PacketReceived", "PongReceived",
+    "PacketDropped", "SessionFailed", "Closed", "FrameObserver",
 ]
+
+# observer(direction, raw): called with every packet as a whole frame's content, "in" as it is read
+# (fragments as such; a reassembled packet is not reported again) and "out" as it is produced.
+FrameObserver = Callable[[str, bytes], None]
 
 
 class State(Enum):
@@ -66,6 +76,12 @@ class HelloReceived:
     hello: Hello
     node_id: bytes                       # the peer's node id (= SHA-256 of hello.public_key)
     minor: int                           # the negotiated minor version
+    packet: Packet | None = None         # the hello itself (to announce the peer to other nodes)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAnnounced:
+    packet: Packet                       # a hello of another origin, relayed by the peer; self-signature verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +113,7 @@ class Closed:
     detail: str | None = None
 
 
-Event = HelloReceived | PacketReceived | PongReceived | PacketDropped | SessionFailed | Closed
+Event = HelloReceived | MemberAnnounced | PacketReceived | PongReceived | PacketDropped | SessionFailed | Closed
 
 
 class _Drop(Exception):
@@ -114,6 +130,7 @@ _TRANSITIONS: dict[tuple[State, Kind], tuple[str, State | None]] = {
     (_S.NEW, _K.HELLO): ("_on_hello", _S.HELLO_RECEIVED),
     (_S.HELLO_SENT, _K.HELLO): ("_on_hello", _S.OPEN),
     **{(s, _K.BYE): ("_on_bye", _S.CLOSED) for s in (_S.NEW, _S.HELLO_SENT, _S.HELLO_RECEIVED, _S.OPEN)},
+    (_S.OPEN, _K.HELLO): ("_on_announce", None),
     (_S.OPEN, _K.PING): ("_on_ping", None),
     (_S.OPEN, _K.PONG): ("_on_pong", None),
     (_S.OPEN, _K.FRAGMENT): ("_on_fragment", None),
@@ -133,7 +150,8 @@ class Session:
 
     def __init__(self, signer: Signer, hello: Hello, *, limits: Limits = DEFAULT_LIMITS,
                  key_for: Callable[[bytes], Ed25519PublicKey | bytes | None] = lambda origin: None,
-                 minor: int = PROTOCOL_VERSION[1], ping_window: int = 64) -> None:
+                 minor: int = PROTOCOL_VERSION[1], ping_window: int = 64,
+                 observer: FrameObserver | None = None) -> None:
         if hello.public_key != signer.public_key_bytes:
             raise ValueError("hello.public_key must be the signer's public key")
         if hello.max_frame > limits.max_frame:          # never announce more than we accept
@@ -156,6 +174,7 @@ class Session:
         self._ping_window = ping_window
         self._next_seq = 0
         self._now = 0.0
+        self.observer = observer
 
     # ---- output
 
@@ -169,22 +188,30 @@ class Session:
         """Our hello, framed. Call once, first."""
         self._act("start")
         raw = encode_packet(self.hello, self.signer, minor=self.minor, limits=self.limits)
-        return encode_frame(raw)
+        return self._out(raw)
 
     def send(self, body: Body) -> bytes:
         """Sign and frame one packet (fragmented when larger than the fragment size). Only when OPEN."""
+        return b"".join(self.send_frames(body))
+
+    def send_raw(self, raw: bytes) -> bytes:
+        """Frame an already encoded (and signed) packet, e.g. one being forwarded. Only when OPEN."""
+        return b"".join(self.send_raw_frames(raw))
+
+    def send_frames(self, body: Body) -> Iterator[bytes]:
+        """`send`, one frame at a time (lazily encoded fragments). Checks happen now, not while iterating."""
         if body.KIND in _NOT_SENDABLE:
             raise SessionError(Reason.PROTOCOL_VIOLATION, f"{body.KIND.name.lower()} packets are not sent with send()")
         self._act("send")
         raw = encode_packet(body, self.signer, minor=self._out_minor, limits=self.limits)
-        return self._frame(raw)
+        return self._frames(raw)
 
-    def send_raw(self, raw: bytes) -> bytes:
-        """Frame an already encoded (and signed) packet, e.g. one being forwarded. Only when OPEN."""
+    def send_raw_frames(self, raw: bytes) -> Iterator[bytes]:
+        """`send_raw`, one frame at a time (lazily encoded fragments)."""
         if len(raw) < HEADER_LEN or raw[:4] != MAGIC:
             raise SessionError(Reason.BAD_MAGIC, "send_raw needs an encoded packet")
         self._act("send")
-        return self._frame(bytes(raw))
+        return self._frames(bytes(raw))
 
     def ping(self, now: float) -> bytes:
         """A ping; its pong comes back as PongReceived(seq, rtt) measured on the same `now` clock."""
@@ -197,13 +224,17 @@ class Session:
         sent_us = int(now * 1e6) if now >= 0 else None
         return self.send(Ping(seq=seq, sent_us=sent_us))
 
+    def frame_count(self, raw_len: int) -> int:
+        """How many frames a packet of `raw_len` bytes takes on this session (1, or its fragment count)."""
+        return 1 if raw_len <= self._fragment_size else -(-raw_len // self._fragment_size)
+
     def close(self, reason: str = "bye", detail: str | None = None) -> bytes:
         """A bye, framed; the session is CLOSED afterwards. Returns b"" if already closed."""
         if self.state is State.CLOSED:
             return b""
         self._act("close")
-        return encode_frame(encode_packet(Bye(reason=reason, detail=detail), self.signer, minor=self._out_minor,
-                                          limits=self.limits))
+        return self._out(encode_packet(Bye(reason=reason, detail=detail), self.signer, minor=self._out_minor,
+                                       limits=self.limits))
 
     @property
     def _out_minor(self) -> int:
@@ -215,12 +246,20 @@ class Session:
             raise SessionError(Reason.PROTOCOL_VIOLATION, f"cannot {action} in state {self.state.value}")
         self.state = nxt
 
+    def _out(self, raw: bytes) -> bytes:
+        if self.observer is not None:
+            self.observer("out", raw)
+        return encode_frame(raw)
+
     def _frame(self, raw: bytes) -> bytes:
+        return b"".join(self._frames(raw))
+
+    def _frames(self, raw: bytes) -> Iterator[bytes]:
         if len(raw) <= self._fragment_size:
-            return encode_frame(raw)
-        pieces = fragment_packet(raw, self.signer, fragment_size=self._fragment_size, minor=self._out_minor,
-                                 limits=self.limits)
-        return b"".join([encode_frame(p) for p in pieces])
+            return iter((self._out(raw),))
+        pieces = iter_fragments(raw, self.signer, fragment_size=self._fragment_size, minor=self._out_minor,
+                                limits=self.limits)
+        return (self._out(p) for p in pieces)
 
     # ---- input
 
@@ -236,6 +275,8 @@ class Session:
         except FrameError as e:
             frames, error = getattr(e, "frames", []), e
         for frame in frames:
+            if self.observer is not None:
+                self.observer("in", frame)
             self._handle(frame, events, nested=False)
             if self.state is State.CLOSED:
                 return events
@@ -296,7 +337,7 @@ class Session:
 
     def _fail(self, error: WireError, events: list[Event]) -> None:
         if self.state is not State.CLOSED:
-            self._outbox.append(encode_frame(encode_packet(
+            self._outbox.append(self._out(encode_packet(
                 Bye(reason=error.reason.value, detail=str(error)[:1000]), self.signer, minor=self._out_minor,
                 limits=self.limits)))
         self.state = State.CLOSED
@@ -311,7 +352,13 @@ class Session:
         self._peer_key = _public_key(hello.public_key)      # valid: the hello just verified against it
         self.negotiated_minor = min(self.minor, packet.header.minor)
         self._fragment_size = min(self.limits.fragment_size, hello.max_frame - FRAGMENT_OVERHEAD)
-        events.append(HelloReceived(hello, packet.header.origin, self.negotiated_minor))
+        events.append(HelloReceived(hello, packet.header.origin, self.negotiated_minor, packet))
+
+    def _on_announce(self, packet: Packet, events: list[Event]) -> None:
+        if packet.header.origin == self.peer_node_id:
+            self._fail(SessionError(Reason.PROTOCOL_VIOLATION, "second hello from the peer"), events)
+            return
+        events.append(MemberAnnounced(packet))
 
     def _on_bye(self, packet: Packet, events: list[Event]) -> None:
         bye: Bye = packet.body  # type: ignore[assignment]
