@@ -17,7 +17,8 @@ full encoded size until its last frame is taken). When a new packet does not fit
 queued packets of strictly lower value, least valuable and then oldest first; a packet whose first
 frame has been written is never pushed out (its remaining fragments would be useless to the peer
 without the ones already sent, and vice versa). If even that does not make room, the new packet is
-refused and nothing is evicted. Value, lowest first:
+refused and nothing is evicted. A packet larger than `max_bytes` is admitted only into an empty data
+lane (it then travels alone), so memory stays bounded by max(`max_bytes`, one packet). Value, lowest first:
 
     forwarded bulk  <  forwarded small  <  own bulk  <  own small
 
@@ -119,7 +120,10 @@ class SendQueue:
     def put(self, frames: Iterator[bytes], size: int, *, own: bool, bulk: bool) -> bool:
         """Queue one data packet (its frames, its encoded size). False if refused (queue full)."""
         value = value_of(own=own, bulk=bulk)
-        if size > self.max_bytes or not self._make_room(size, value):
+        # A packet larger than the whole byte budget goes alone: admitted only into an empty data lane, so
+        # memory stays bounded by max(max_bytes, one packet) and big packets are slow, not impossible.
+        oversize_alone = size > self.max_bytes and not (self._small or self._bulk)
+        if not oversize_alone and (size > self.max_bytes or not self._make_room(size, value)):
             self.stats.refused[value.name.lower()] += 1
             return False
         item = _Item(frames, size, value, self._seq)

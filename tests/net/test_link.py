@@ -73,8 +73,20 @@ def test_a_started_packet_is_never_evicted_and_bytes_stay_bounded():
     assert q.next_frame() == b"fb\x00"                            # started
     assert not q.put(item(b"os"), 200, own=True, bulk=False)      # the only victim is in flight
     assert q.bytes == 900
-    assert not q.put(item(b"huge"), 1001, own=True, bulk=False)   # larger than the whole queue
+    assert not q.put(item(b"huge"), 1001, own=True, bulk=False)   # larger than the whole queue, not alone
     assert q.put(item(b"os"), 100, own=True, bulk=False) and q.bytes == 1000
+
+
+def test_a_packet_larger_than_the_queue_travels_alone():
+    q = SendQueue(10, 1000)
+    assert q.put(item(b"big", 2), 5000, own=True, bulk=True)      # empty data lane: admitted
+    assert q.bytes == 5000
+    assert not q.put(item(b"fs"), 10, own=False, bulk=False)      # nothing of lower value joins it
+    assert not q.put(item(b"big2", 2), 5000, own=True, bulk=True)
+    assert q.next_frame() == b"big\x00"                           # started: now nothing pushes it out
+    assert not q.put(item(b"os"), 10, own=True, bulk=False)
+    assert [q.next_frame() for _ in range(2)] == [b"big\x01", None]
+    assert q.bytes == 0 and q.put(item(b"os"), 10, own=True, bulk=False)
 
 
 def test_control_lane_has_its_own_cap():
