@@ -27,7 +27,7 @@ test: $(VENV)/.installed-full
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed-base
-	$(VENV)/bin/meshnode inspect protocol/vectors/*.bin
+	$(VENV)/bin/meshnode inspect --trust protocol/vectors/golden-node.pub protocol/vectors/*.bin
 
 bench-wire: $(VENV)/.installed-base
 	$(PY) benches/bench_wire.py

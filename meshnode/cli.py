@@ -63,7 +63,7 @@ def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...
     for path in files:
         name = str(path)
         try:
-            data = click.get_binary_stream("stdin").read() if name == "-" else path.read_bytes()
+            data = sys.stdin.buffer.read() if name == "-" else path.read_bytes()
         except OSError as exc:
             click.echo(f"{name}: error cannot_read: {exc.strerror or exc}", err=True)
             failed = True

@@ -63,11 +63,16 @@ def iter_records(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -
     after every complete record before it has been yielded.
     """
     view = memoryview(data)
-    if bytes(view[:8]) != CAPTURE_MAGIC:
-        if bytes(view[:5]) == CAPTURE_MAGIC[:5]:
+    head = bytes(view[:len(CAPTURE_MAGIC)])
+    if head != CAPTURE_MAGIC:
+        if len(head) < len(CAPTURE_MAGIC) and CAPTURE_MAGIC.startswith(head):
+            raise FrameError(Reason.TRUNCATED, f"capture file header cut short ({len(head)} bytes)",
+                             offset=len(head))
+        if head[:6] == CAPTURE_MAGIC[:6]:
+            version = f"{head[6]}.{head[7]}" if len(head) == 8 else f"{head[6]}.x"
             raise FrameError(Reason.UNSUPPORTED_VERSION,
-                             f"capture format {view[6] if len(view) > 6 else '?'}.x, this reader knows 1.0",
-                             offset=5)
+                             f"capture format {version}, this reader knows {CAPTURE_MAGIC[6]}.{CAPTURE_MAGIC[7]}",
+                             offset=6)
         raise FrameError(Reason.BAD_MAGIC, "not a meshnode capture file", offset=0)
     offset = len(CAPTURE_MAGIC)
     max_packet = limits.max_body + 72 + 64

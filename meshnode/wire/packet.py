@@ -676,7 +676,7 @@ class _VectorBlockT(_WType):
         try:
             _trits.validate(data, dim, count, encoding, limits=lim)
         except CodecError as e:
-            raise _Bad(str(e), e.reason, data=data, data_offset=e.offset) from None
+            raise _Bad(_codec_message(e), e.reason, data=data, data_offset=e.offset) from None
         return VectorBlock(space, dim, count, encoding, data)
 
     def encode(self, b: Any) -> Any:
@@ -946,14 +946,24 @@ def _bin_offset(raw: bytes, start: int, end: int, data: bytes) -> int | None:
 
 
 def _body_error(e: _Bad, raw: bytes | None, body_start: int, body_end: int) -> PacketError:
+    """The PacketError for a body problem. Its offset is the bad byte of a vector block's data when
+    that can be located, else the start of the body (SPEC §2: the offset of the field), or None
+    when there is no packet (encoding)."""
     where = ".".join(e.path).replace(".[", "[")
     message = f"{where}: {e.message}" if where else e.message
-    offset = None
+    offset = None if raw is None else body_start
     if e.data is not None and e.data_offset is not None and raw is not None:
         base = _bin_offset(raw, body_start, body_end, e.data)
         if base is not None:
             offset = base + e.data_offset
     return PacketError(e.reason, message, offset=offset)
+
+
+def _codec_message(e: CodecError) -> str:
+    """A CodecError's text without the "reason: " prefix and " at offset N" suffix (the reason is
+    kept, and the offset is re-based to the packet, by the PacketError this becomes)."""
+    text = str(e).removeprefix(f"{e.reason.value}: ")
+    return text.removesuffix(f" at offset {e.offset}") if e.offset is not None else text
 
 
 # ----------------------------------------------------------------------------------------------------

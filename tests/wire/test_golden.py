@@ -1,0 +1,204 @@
+"""Golden vectors (protocol/vectors/): the generator and the committed files stay in sync, and
+`meshnode inspect` still gives exactly the committed JSON for every input, through its Python API
+and through the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import struct
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from meshnode.cli import main as cli
+from meshnode.inspect import InspectError, TrustStore, inspect_bytes
+from meshnode.wire.packet import VectorBlock, decode_packet
+
+PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
+VECTORS = PROTOCOL / "vectors"
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_vectors", PROTOCOL / "make_vectors.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_vectors", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = _load_generator()
+VALID, MALFORMED = gen.build()
+INPUTS = sorted({**VALID, **MALFORMED})
+
+# The reason each malformed file must be refused with: written out here, not read from the files,
+# so that a change in the code's behaviour fails this test instead of silently regenerating.
+EXPECTED_REASON = {
+    "bad_magic": "bad_magic", "unsupported_version": "unsupported_version", "truncated": "truncated",
+    "truncated_header": "truncated", "trailing_data": "trailing_data", "too_large": "too_large",
+    "too_large_body": "too_large", "frames_then_too_large": "too_large", "truncated_stream": "truncated",
+    "bad_signature": "bad_signature", "unsigned": "unsigned", "bad_header": "bad_header",
+    "unknown_kind": "unknown_kind", "bad_body": "bad_body", "bad_body_missing_key": "bad_body",
+    "bad_body_extra_bytes": "bad_body",
+    "bad_trit": "bad_trit", "bad_trit_base3": "bad_trit", "bad_trit_sparse": "bad_trit",
+    "bad_padding": "bad_padding", "bad_padding_base3": "bad_padding", "bad_length": "bad_length",
+    "bad_length_sparse": "bad_length", "bad_encoding": "bad_encoding", "bad_dimension": "bad_dimension",
+    "too_large_dim": "too_large", "bad_fragment": "bad_fragment",
+}
+# ... and where (byte offset in the input), for the errors whose offset SPEC §1-2 fixes.
+EXPECTED_OFFSET = {
+    "bad_magic": 0, "unsupported_version": 4, "truncated": 149, "truncated_header": 40, "trailing_data": 159,
+    "too_large": 0, "too_large_body": 12, "bad_header": 7, "unknown_kind": 6, "unsigned": 7,
+    "bad_signature": 159 - 64, "frames_then_too_large": 4 + 159 + 4 + 159,
+}
+
+
+def _stem(name: str) -> str:
+    return Path(name).name.rsplit(".", 1)[0]
+
+
+def _committed_json(name: str) -> list[dict[str, Any]]:
+    return json.loads((VECTORS / gen.json_name(name)).read_text())
+
+
+def _golden_trust() -> TrustStore:
+    trust = TrustStore()
+    trust.add_file(VECTORS / gen.TRUST_FILE)
+    return trust
+
+
+def test_regenerating_gives_the_committed_files_byte_for_byte() -> None:
+    files = gen.render()
+    on_disk = gen.generated_on_disk(VECTORS)
+    assert sorted(files) == on_disk, "run `make vectors`: the generator and protocol/vectors/ differ in file names"
+    different = [name for name, content in files.items() if (VECTORS / name).read_bytes() != content]
+    assert not different, f"run `make vectors` (and review the diff): these files changed: {different}"
+
+
+def test_generation_is_deterministic() -> None:
+    assert gen.build() == (VALID, MALFORMED)
+
+
+def test_every_kind_and_encoding_is_covered() -> None:
+    kinds, encodings, dims, counts = set(), set(), set(), set()
+    for name, content in VALID.items():
+        for entry in _committed_json(name):
+            kinds.add(entry["kind"])
+            blocks = [entry["body"].get("vectors")] + [t.get("trits") for t in entry["body"].get("tensors", [])]
+            for block in filter(None, blocks):
+                encodings.add(block["encoding"])
+                dims.add(block["dim"])
+                counts.add(block["count"])
+    assert kinds == {"hello", "ping", "pong", "vectors", "knowledge", "delta", "ack", "nack", "fragment", "bye"}
+    assert encodings == {"dense2", "base3", "sparse"}
+    assert 0 in dims and 0 in counts and max(dims) > 65536   # empty blocks and u32 sparse positions
+    assert set(EXPECTED_REASON) == {_stem(n) for n in MALFORMED}
+
+
+@pytest.mark.parametrize("name", INPUTS)
+def test_inspect_gives_the_committed_json(name: str) -> None:
+    results = list(inspect_bytes((VECTORS / name).read_bytes(), _golden_trust()))
+    got = [r.as_json() if isinstance(r, InspectError) else r for r in results]
+    assert got == _committed_json(name)
+    errors = [r for r in results if isinstance(r, InspectError)]
+    if name in VALID:
+        assert not errors
+        assert all(r["signature"] in ("valid", "unsigned", "unknown_key") for r in got)
+    else:
+        assert errors and errors[-1].reason == EXPECTED_REASON[_stem(name)]
+        assert errors[-1].offset is not None
+        if _stem(name) in EXPECTED_OFFSET:
+            assert errors[-1].offset == EXPECTED_OFFSET[_stem(name)]
+
+
+@pytest.mark.parametrize("name", INPUTS)
+def test_cli_json_is_the_committed_json_plus_file(name: str) -> None:
+    path = VECTORS / name
+    result = CliRunner().invoke(cli, ["inspect", "--json", "--trust", str(VECTORS / gen.TRUST_FILE), str(path)])
+    assert result.exit_code == (0 if name in VALID else 1), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(line.pop("file") == str(path) for line in lines)
+    assert lines == _committed_json(name)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_committed_json_has_nothing_machine_specific() -> None:
+    paths = list(VECTORS.rglob("*.json"))
+    assert len(paths) == len(INPUTS)
+    for path in paths:
+        text = path.read_text()
+        assert str(PROTOCOL.parent) not in text
+        for entry in json.loads(text):
+            assert "file" not in entry
+            for s in _strings(entry):
+                assert not re.match(r"(/|~|[A-Za-z]:\\)", s), f"{path}: {s!r} looks like a path"
+
+
+def test_readme_describes_every_file() -> None:
+    readme = (VECTORS / "README.md").read_text()
+    missing = [name for name in gen.render() if f"`{Path(name).name}`" not in readme and not name.endswith(".json")]
+    assert not missing, f"protocol/vectors/README.md does not mention {missing}"
+
+
+def test_demo_glob_sees_only_valid_packets() -> None:
+    """`make demo` runs `meshnode inspect protocol/vectors/*.bin` (no --trust) and must exit 0."""
+    bins = sorted(str(p) for p in VECTORS.glob("*.bin"))
+    assert len(bins) >= 15
+    result = CliRunner().invoke(cli, ["inspect", *bins])
+    assert result.exit_code == 0, result.output
+    assert "signature unknown_key" in result.stdout and "signature self_signed" in result.stdout
+
+
+def test_vector_figures_match_the_generators_trits() -> None:
+    """The JSON's zero fractions and sizes agree with the trits the generator started from (computed
+    here with numpy, not with the code that printed the JSON)."""
+    cases = {"04_vectors_dense2": ("dense2", 2, 1000, 0.3), "05_vectors_base3": ("base3", 4, 103, 0.3),
+             "06_vectors_sparse": ("sparse", 3, 10000, 0.995), "07_vectors_sparse_wide": ("wide", 1, 70000, 0.9995)}
+    for stem, (label, n, d, zeros) in cases.items():
+        t = gen.trits(label, n, d, zeros)
+        block = _committed_json(stem + ".bin")[0]["body"]["vectors"]
+        assert (block["dim"], block["count"]) == (d, n)
+        assert block["zero_fraction"] == pytest.approx(float(np.mean(t == 0)), abs=1e-6)
+        nonzeros = int(np.count_nonzero(t))
+        wire = {"dense2": n * -(-d // 4), "base3": n * -(-d // 5),
+                "sparse": 4 * n + (2 if d <= 65536 else 4) * nonzeros + -(-nonzeros // 8)}[block["encoding"]]
+        assert block["bytes"] == wire
+        assert block["vs_float32"] == pytest.approx(wire / (4 * n * d), abs=1e-6)
+        packet = decode_packet((VECTORS / (stem + ".bin")).read_bytes())
+        vb = packet.body.vectors  # type: ignore[union-attr]
+        assert isinstance(vb, VectorBlock)
+        assert np.array_equal(vb.to_trits(), t)
+        if d > 65536:
+            assert np.nonzero(t)[1].max() >= 65536, "the wide block must use a position that needs u32"
+
+
+def test_header_fields_match_the_bytes() -> None:
+    """The JSON header fields, checked against a struct parse of SPEC §2's table."""
+    header = struct.Struct("<4sBBBBB3sIQ16s32s")
+    for name in VALID:
+        if not name.endswith(".bin"):
+            continue
+        raw = (VECTORS / name).read_bytes()
+        magic, major, minor, kind, flags, hop, _, body_len, ts, pid, origin = header.unpack_from(raw)
+        entry = _committed_json(name)[0]
+        assert magic == b"MNPK" and entry["version"] == f"{major}.{minor}"
+        assert (entry["hop_limit"], entry["timestamp_us"], entry["packet_id"], entry["origin"]) == (
+            hop, ts, pid.hex(), origin.hex())
+        assert entry["size"] == len(raw) == 72 + body_len + (64 if flags & 1 else 0)
