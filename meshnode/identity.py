@@ -282,14 +282,17 @@ def _ca_subject(mesh_id: bytes) -> x509.Name:
 
 
 def init_mesh(directory: str | os.PathLike[str], *, force: bool = False,
-              now: _dt.datetime | float | None = None) -> MeshCA:
-    """Create a mesh CA in `directory` (ca.key 0600, ca.crt). Refuses to overwrite unless `force`."""
+              now: _dt.datetime | float | None = None, key: Ed25519PrivateKey | None = None,
+              serial: int | None = None) -> MeshCA:
+    """Create a mesh CA in `directory` (ca.key 0600, ca.crt). Refuses to overwrite unless `force`.
+    `key` and `serial` default to fresh random ones; the simulator passes seeded ones so that a
+    simulated mesh is the same on every run."""
     d = Path(directory)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_path, cert_path = d / CA_KEY_FILE, d / CA_CERT_FILE
     _check_free([key_path, cert_path], force)
 
-    key = Ed25519PrivateKey.generate()
+    key = key if key is not None else Ed25519PrivateKey.generate()
     pub = key.public_key()
     mesh_id = mesh_id_of(pub)
     start = _now(now) - _BACKDATE
@@ -300,7 +303,7 @@ def init_mesh(directory: str | os.PathLike[str], *, force: bool = False,
         .subject_name(name)
         .issuer_name(name)
         .public_key(pub)
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial if serial is not None else x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + CA_VALIDITY)
         # path_length=0: the CA signs node certificates only, never intermediate CAs.
@@ -415,6 +418,7 @@ def issue_node_certificate(
     *,
     validity: _dt.timedelta = DEFAULT_NODE_VALIDITY,
     now: _dt.datetime | float | None = None,
+    serial: int | None = None,
 ) -> x509.Certificate:
     """Sign a node certificate for `public_key` (also what a future `node renew` would call)."""
     validate_node_name(name)
@@ -429,7 +433,7 @@ def issue_node_certificate(
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca.cert.subject)
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial if serial is not None else x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -467,15 +471,18 @@ def init_node(
     validity: _dt.timedelta = DEFAULT_NODE_VALIDITY,
     force: bool = False,
     now: _dt.datetime | float | None = None,
+    key: Ed25519PrivateKey | None = None,
+    serial: int | None = None,
 ) -> NodeIdentity:
-    """Create node.key (0600), node.crt (signed by `ca`) and a copy of ca.crt in `directory`."""
+    """Create node.key (0600), node.crt (signed by `ca`) and a copy of ca.crt in `directory`
+    (`key` and `serial`: see init_mesh)."""
     validate_node_name(name)
     d = Path(directory)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_path, cert_path, ca_path = d / NODE_KEY_FILE, d / NODE_CERT_FILE, d / CA_CERT_FILE
     _check_free([key_path, cert_path, ca_path], force)
-    key = Ed25519PrivateKey.generate()
-    cert = issue_node_certificate(ca, key.public_key(), name, validity=validity, now=now)
+    key = key if key is not None else Ed25519PrivateKey.generate()
+    cert = issue_node_certificate(ca, key.public_key(), name, validity=validity, now=now, serial=serial)
     _write_file(key_path, _key_pem(key), 0o600, force=force)
     _write_file(cert_path, _cert_pem(cert), 0o644, force=force)
     _write_file(ca_path, ca.cert_pem, 0o644, force=force)

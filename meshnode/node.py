@@ -356,9 +356,11 @@ class Node:
             self._announce(event.packet, exclude=link)
 
     def _announce(self, packet: Packet, *, exclude: Link) -> None:
-        raw = Router.forward_raw(packet)
-        if raw is None:
-            return
+        # Membership spreads by news, not by hop count: a node tells its other peers about a member it
+        # has just learned (a hello it already holds is not news, so this ends), even when the hello
+        # reached it as a hop-limit-0 catch-up. Otherwise, in a line a-b-c-d-e whose c-d link opens
+        # last, e never learns a (found with the simulator).
+        raw = Router.forward_raw(packet) or set_hop_limit(packet.raw, 0)
         for other in list(self._links.values()):
             if other is not exclude and other.peer_node_id != packet.origin:
                 other.send_control_raw(raw)

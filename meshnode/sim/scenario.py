@@ -1,0 +1,405 @@
+"""Scenario files for `meshnode sim`: TOML in, typed frozen dataclasses out, every problem a
+`ScenarioError` that names the key (`topology.links[2].profile: unknown profile 'wfi' ...`).
+docs/SIM.md describes the format."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..identity import validate_node_name
+from ..net.sim.links import PRESETS, GilbertElliott, LinkProfile
+
+__all__ = [
+    "Event", "Flow", "LinkSpec", "NodeSpec", "Scenario", "ScenarioError", "Stop", "load_scenario",
+    "parse_scenario",
+]
+
+TOPOLOGIES = ("full_mesh", "line", "star", "explicit")
+ACTIONS = ("cut", "restore", "kill", "restart", "set_profile")
+STOP_WHEN = ("time", "delivered")
+MAX_NODES = 256
+MAX_FLOW_PACKETS = 1_000_000
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the message starts with the key path."""
+
+    def __init__(self, key: str, problem: str, *, source: Path | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        text = f"{key}: {problem}" if key else problem
+        if source is not None:
+            text += f" (in {source})"
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    limits: Mapping[str, Any] = field(default_factory=dict)     # [limits] of the node's config
+    workers: tuple[Mapping[str, Any], ...] = ()                  # [[workers]] of the node's config
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    a: str                  # the listening end
+    b: str                  # dials a
+    profile: str            # name of the a -> b profile
+    reverse: str            # name of the b -> a profile
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Traffic the runner publishes: `count` vectors packets of `vectors` x `dim` trits from `source`."""
+
+    source: str
+    topic: str
+    count: int
+    vectors: int
+    dim: int
+    interval: float                 # seconds between publishes
+    start: float | None             # simulated time; None: as soon as every topology link is open
+    receivers: tuple[str, ...]      # who must get it (default: every other node)
+    encoding: str = "auto"
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    action: str
+    link: tuple[str, str] | None = None
+    node: str | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    time: float                     # the run ends at this simulated time at the latest
+    when: str = "time"              # "delivered": as soon as every flow reached all its receivers
+    settle: float = 0.0             # simulated seconds to keep running after "delivered"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    seed: int
+    nodes: tuple[NodeSpec, ...]
+    links: tuple[LinkSpec, ...]
+    profiles: Mapping[str, LinkProfile]
+    flows: tuple[Flow, ...]
+    events: tuple[Event, ...]
+    stop: Stop
+    defaults: Mapping[str, Any] = field(default_factory=dict)   # [limits] for every node
+    listen_port: int = 7000
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes)
+
+
+# ------------------------------------------------------------------------------------ checking
+
+
+class _Reader:
+    """Typed access to one TOML table, with the key path for errors and a check for unknown keys."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ScenarioError(path, f"expected a table, got {_kind(data)}")
+        self.data = data
+        self.path = path
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def only(self, *allowed: str) -> None:
+        for k in self.data:
+            if k not in allowed:
+                near = difflib.get_close_matches(str(k), allowed, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f"; known: {', '.join(allowed)}"
+                raise ScenarioError(self.key(str(k)), f"unknown key{hint}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., *,
+            check: Any = None) -> Any:
+        if name not in self.data:
+            if default is ...:
+                raise ScenarioError(self.key(name), "required")
+            return default
+        v = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
+            want = " or ".join(_name_of(k) for k in kinds)
+            raise ScenarioError(self.key(name), f"expected {want}, got {_kind(v)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ScenarioError(self.key(name), "must be a finite number")
+        if check is not None:
+            problem = check(v)
+            if problem:
+                raise ScenarioError(self.key(name), problem)
+        return v
+
+    def table(self, name: str, *, default: Any = ...) -> _Reader:
+        if name not in self.data and default is not ...:
+            return _Reader(default, self.key(name))
+        return _Reader(self.get(name, dict), self.key(name))
+
+    def tables(self, name: str) -> list[_Reader]:
+        items = self.get(name, list, [])
+        return [_Reader(item, f"{self.key(name)}[{i}]") for i, item in enumerate(items)]
+
+
+def _name_of(k: type) -> str:
+    return {int: "int", float: "number", str: "str", bool: "bool", list: "array", dict: "table"}.get(k, k.__name__)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, Mapping):
+        return "table"
+    return _name_of(type(v))
+
+
+def _at_least(lo: float) -> Any:
+    return lambda v: None if v >= lo else f"must be >= {lo}, got {v}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+def _one_of(*choices: str) -> Any:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
+
+
+_PROFILE_KEYS = tuple(f.name for f in fields(LinkProfile) if f.name != "note")
+_GE_KEYS = tuple(f.name for f in fields(GilbertElliott))
+
+
+def _profile(r: _Reader, profiles: Mapping[str, LinkProfile]) -> LinkProfile:
+    r.only("base", *_PROFILE_KEYS)
+    base_name = r.get("base", str, None)
+    if base_name is None:
+        base = LinkProfile()
+    elif base_name in profiles:
+        base = profiles[base_name]
+    else:
+        raise ScenarioError(r.key("base"), f"unknown profile {base_name!r}; known: {', '.join(profiles)}")
+    changes: dict[str, Any] = {}
+    for f in fields(LinkProfile):
+        if f.name in ("note", "gilbert_elliott") or f.name not in r.data:
+            continue
+        default = getattr(LinkProfile(), f.name)
+        kind: type | tuple[type, ...] = (int, float) if isinstance(default, float) else type(default)
+        changes[f.name] = r.get(f.name, kind)
+    if "gilbert_elliott" in r.data:
+        g = r.table("gilbert_elliott")
+        g.only(*_GE_KEYS)
+        try:
+            changes["gilbert_elliott"] = GilbertElliott(**{k: g.get(k, float, getattr(GilbertElliott(0, 1), k))
+                                                            for k in _GE_KEYS})
+        except ValueError as e:
+            raise ScenarioError(g.path, str(e)) from None
+    try:
+        return base.with_changes(**changes, note=f"custom (based on {base_name})" if base_name else "custom")
+    except (ValueError, TypeError) as e:
+        key, _, problem = str(e).partition(": ")
+        raise ScenarioError(r.key(key) if problem else r.path, problem or str(e)) from None
+
+
+def _profile_ref(r: _Reader, name: str, profiles: Mapping[str, LinkProfile], default: str | None = None) -> str:
+    v = r.get(name, str, default if default is not None else ...)
+    if v not in profiles:
+        near = difflib.get_close_matches(v, list(profiles), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ScenarioError(r.key(name), f"unknown profile {v!r}{hint}; known: {', '.join(profiles)}")
+    return v
+
+
+def _limits(r: _Reader) -> dict[str, Any]:
+    # Checked by the daemon's own config parser when the node is built (errors name the key there too);
+    # here only that it is a table of scalars.
+    out = {}
+    for k, v in r.data.items():
+        if isinstance(v, (Mapping, list)):
+            raise ScenarioError(r.key(str(k)), "expected a number, string or bool")
+        out[str(k)] = v
+    return out
+
+
+def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario", source: Path | None = None) -> Scenario:
+    try:
+        return _parse(data, name)
+    except ScenarioError as e:
+        if source is None:
+            raise
+        raise ScenarioError(e.key, e.problem, source=source) from None
+
+
+def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
+    top = _Reader(data, "")
+    top.only("name", "seed", "listen_port", "defaults", "profiles", "nodes", "topology", "traffic", "events", "stop")
+    name = top.get("name", str, default_name)
+    seed = top.get("seed", int, 0, check=_at_least(0))
+    listen_port = top.get("listen_port", int, 7000, check=lambda v: None if 1 <= v <= 65535 else "must be 1..65535")
+    defaults = top.table("defaults", default={})
+    defaults.only("limits")
+    default_limits = _limits(defaults.table("limits", default={}))
+
+    profiles: dict[str, LinkProfile] = dict(PRESETS)
+    prof_table = top.table("profiles", default={})
+    for pname in prof_table.data:
+        if pname in PRESETS:
+            raise ScenarioError(prof_table.key(pname), "a preset has this name; pick another (use base = "
+                                                       f"{pname!r} to start from it)")
+        profiles[pname] = _profile(prof_table.table(pname), profiles)
+
+    nodes: list[NodeSpec] = []
+    seen: set[str] = set()
+    for nr in top.tables("nodes"):
+        nr.only("name", "limits", "workers")
+        nname = nr.get("name", str)
+        try:
+            validate_node_name(nname)
+        except ValueError as e:
+            raise ScenarioError(nr.key("name"), str(e)) from None
+        if nname in seen:
+            raise ScenarioError(nr.key("name"), f"node {nname!r} is named twice")
+        seen.add(nname)
+        workers = []
+        for wr in nr.tables("workers"):
+            wr.only("name", "type", "settings")
+            workers.append({"name": wr.get("name", str), "type": wr.get("type", str),
+                            "settings": dict(wr.get("settings", dict, {}))})
+        nodes.append(NodeSpec(nname, _limits(nr.table("limits", default={})), tuple(workers)))
+    if not nodes:
+        raise ScenarioError("nodes", "at least one [[nodes]] table is required")
+    if len(nodes) > MAX_NODES:
+        raise ScenarioError("nodes", f"at most {MAX_NODES} nodes, got {len(nodes)}")
+    names = [n.name for n in nodes]
+
+    def node_ref(r: _Reader, key: str) -> str:
+        v = r.get(key, str)
+        if v not in seen:
+            raise ScenarioError(r.key(key), f"no node named {v!r}; nodes: {', '.join(names)}")
+        return v
+
+    topo = top.table("topology")
+    topo.only("kind", "profile", "reverse", "center", "links")
+    kind = topo.get("kind", str, check=_one_of(*TOPOLOGIES))
+    links: list[LinkSpec] = []
+    if kind == "explicit":
+        for key in ("reverse", "center"):
+            if key in topo.data:
+                raise ScenarioError(topo.key(key), "not used by an explicit topology (give it per link)")
+        default_profile = _profile_ref(topo, "profile", profiles) if "profile" in topo.data else None
+        for lr in topo.tables("links"):
+            lr.only("a", "b", "profile", "reverse")
+            a, b = node_ref(lr, "a"), node_ref(lr, "b")
+            if a == b:
+                raise ScenarioError(lr.key("b"), f"a link joins two different nodes, got {a!r} twice")
+            p = _profile_ref(lr, "profile", profiles, default_profile)
+            links.append(LinkSpec(a, b, p, _profile_ref(lr, "reverse", profiles, p)))
+        if not links:
+            raise ScenarioError(topo.key("links"), "an explicit topology needs at least one [[topology.links]]")
+    else:
+        if "links" in topo.data:
+            raise ScenarioError(topo.key("links"), f"only for kind = \"explicit\", not {kind!r}")
+        p = _profile_ref(topo, "profile", profiles)
+        rev = _profile_ref(topo, "reverse", profiles, p)
+        if kind == "full_mesh":
+            pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+        elif kind == "line":
+            pairs = list(zip(names, names[1:]))
+        else:
+            center = node_ref(topo, "center") if "center" in topo.data else names[0]
+            pairs = [(center, n) for n in names if n != center]
+        if "center" in topo.data and kind != "star":
+            raise ScenarioError(topo.key("center"), f"only for kind = \"star\", not {kind!r}")
+        links = [LinkSpec(a, b, p, rev) for a, b in pairs]
+    pair_set: set[frozenset[str]] = set()
+    for i, link in enumerate(links):
+        key = frozenset((link.a, link.b))
+        if key in pair_set:
+            raise ScenarioError(f"topology.links[{i}]", f"{link.a!r} and {link.b!r} are linked twice")
+        pair_set.add(key)
+
+    flows: list[Flow] = []
+    for fr in top.tables("traffic"):
+        fr.only("from", "to", "topic", "count", "vectors", "dim", "interval", "start", "encoding")
+        src = node_ref(fr, "from")
+        to = fr.get("to", list, None)
+        if to is None:
+            receivers = tuple(n for n in names if n != src)
+        else:
+            for j, t in enumerate(to):
+                if t not in seen or t == src:
+                    raise ScenarioError(f"{fr.key('to')}[{j}]", f"{t!r} is not another node of the scenario")
+            receivers = tuple(to)
+        topic = fr.get("topic", str, "sim", check=lambda v: None if 1 <= len(v.encode()) <= 256
+                       else "must be 1..256 bytes of UTF-8")
+        count = fr.get("count", int, check=lambda v: None if 1 <= v <= MAX_FLOW_PACKETS
+                       else f"must be 1..{MAX_FLOW_PACKETS}")
+        vectors = fr.get("vectors", int, 1, check=lambda v: None if 1 <= v <= 65536 else "must be 1..65536")
+        dim = fr.get("dim", int, 1024, check=lambda v: None if 1 <= v <= 1 << 20 else "must be 1..1048576")
+        flows.append(Flow(src, topic, count, vectors, dim,
+                          fr.get("interval", float, 0.0, check=_at_least(0.0)),
+                          fr.get("start", float, None, check=_at_least(0.0)), receivers,
+                          fr.get("encoding", str, "auto", check=_one_of("auto", "dense2", "base3", "sparse"))))
+
+    stop_r = top.table("stop")
+    stop_r.only("time", "when", "settle")
+    stop = Stop(stop_r.get("time", float, check=_positive), stop_r.get("when", str, "time", check=_one_of(*STOP_WHEN)),
+                stop_r.get("settle", float, 0.0, check=_at_least(0.0)))
+    if stop.when == "delivered" and not flows:
+        raise ScenarioError("stop.when", "\"delivered\" needs at least one [[traffic]] flow")
+
+    events: list[Event] = []
+    for er in top.tables("events"):
+        er.only("at", "action", "link", "node", "profile")
+        at = er.get("at", float, check=_at_least(0.0))
+        action = er.get("action", str, check=_one_of(*ACTIONS))
+        if action in ("cut", "restore", "set_profile"):
+            pair = er.get("link", list)
+            if len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+                raise ScenarioError(er.key("link"), "expected two node names, e.g. [\"a\", \"b\"]")
+            if frozenset(pair) not in pair_set:
+                raise ScenarioError(er.key("link"), f"{pair[0]!r} and {pair[1]!r} have no link in the topology")
+            profile = _profile_ref(er, "profile", profiles) if action == "set_profile" else None
+            for key in ("node",) + (("profile",) if action != "set_profile" else ()):
+                if key in er.data:
+                    raise ScenarioError(er.key(key), f"not used by action {action!r}")
+            events.append(Event(at, action, link=(pair[0], pair[1]), profile=profile))
+        else:
+            node = node_ref(er, "node")
+            for key in ("link", "profile"):
+                if key in er.data:
+                    raise ScenarioError(er.key(key), f"not used by action {action!r}")
+            events.append(Event(at, action, node=node))
+    events.sort(key=lambda e: e.at)   # stable: same-time events keep their file order
+    for i, e in enumerate(events):
+        if e.at > stop.time:
+            raise ScenarioError(f"events[{i}].at", f"{e.at} is after stop.time {stop.time}")
+    return Scenario(name, seed, tuple(nodes), tuple(links), profiles, tuple(flows), tuple(events), stop,
+                    default_limits, listen_port)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ScenarioError("", f"cannot read {p}: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError("", f"not valid TOML: {e}", source=p) from None
+    return parse_scenario(data, name=p.stem, source=p)
