@@ -23,3 +23,27 @@ def test_bench_wire_quick(tmp_path):
     assert {r["dim"] for r in result["codecs"]} == {4096, 10000}
     assert any(r["op"] == "decode + verify signed" and "met" in r for r in result["packets"])
     assert all(r["median_s"] > 0 for r in result["codecs"] + result["packets"])
+
+
+def test_bench_mesh_quick(tmp_path):
+    # Two real daemons over TLS on loopback; --no-pin so the test does not depend on which cores it may use.
+    out = tmp_path / "mesh.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benches" / "bench_mesh.py"), "--quick", "--no-pin",
+                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(out.read_text())
+    assert result["mode"] == "quick"
+    inputs, figures = result["inputs"], result["figures"]
+    # The vector phase really moves 1024 x 4096 dense2 trits per packet (2 bits each), signed.
+    assert inputs["vector_count"] == 1024 and inputs["vector_dim"] == 4096
+    assert 1024 * 4096 // 4 + 64 < inputs["vector_packet_bytes"] < 1024 * 4096 // 4 + 1024
+    # Every packet arrived (a lost one would have timed the run out) and nothing was dropped on the way.
+    assert result["summary"]["drops"] == {}
+    repeats = inputs["repeats"]
+    assert len(result["rounds"]) == repeats and figures["c_latency"]["samples"] == repeats * inputs["pings"]
+    for key in ("a_raw_tls", "b_vectors"):
+        assert figures[key]["bytes_per_s"] > 0
+    assert figures["b_vectors"]["ratio_to_raw_tls"] > 0 and figures["c_small"]["packets_per_s"] > 0
+    assert 0 < figures["c_latency"]["p50_ms"] <= figures["c_latency"]["max_ms"]
+    # Targets are recorded with a verdict, never asserted (speed is judged in the JSON, not here).
+    assert all(isinstance(figures[k]["met"], bool) for k in ("b_vectors", "c_small", "c_latency"))
