@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # torch is pinned in the same pip command as everything else, or pip would fetch a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: venv test demo bench-wire bench-models vectors clean
+.PHONY: venv test demo bench-wire bench-mesh bench-links bench-models vectors clean
 
 # The base install (inspect, daemon) and the full one (tests, benches: + torch & co) are separate
 # stamps, so `make demo` stays light and `make test` never reuses a venv that lacks the ml extra.
@@ -31,6 +31,12 @@ demo: $(VENV)/.installed-base
 
 bench-wire: $(VENV)/.installed-base
 	$(PY) benches/bench_wire.py
+
+bench-mesh: $(VENV)/.installed-base
+	$(PY) benches/bench_mesh.py
+
+bench-links: $(VENV)/.installed-full
+	$(PY) benches/bench_links.py --datagram
 
 vectors: $(VENV)/.installed-base
 	$(PY) protocol/make_vectors.py

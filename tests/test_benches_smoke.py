@@ -47,3 +47,13 @@ def test_bench_mesh_quick(tmp_path):
     assert 0 < figures["c_latency"]["p50_ms"] <= figures["c_latency"]["max_ms"]
     # Targets are recorded with a verdict, never asserted (speed is judged in the JSON, not here).
     assert all(isinstance(figures[k]["met"], bool) for k in ("b_vectors", "c_small", "c_latency"))
+
+
+def test_bench_links_quick(tmp_path):
+    # Every link preset in simulated time; a smoke run of the workload, not the benchmark.
+    out = tmp_path / "links.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benches" / "bench_links.py"), "--quick", "--presets", "lan,wifi",
+                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(out.read_text())
+    assert result["mode"] == "quick"
