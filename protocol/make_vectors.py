@@ -103,7 +103,8 @@ def raw_packet(kind: int, body: bytes | dict[str, Any], signer: Signer | None, *
     if not sign:
         return header + body_bytes
     assert signer is not None
-    signature = signer.sign(DOMAIN + header[:8] + b"\0" + header[9:] + body_bytes)
+    # SPEC §2: domain || the 72 header bytes with byte 8 (hop limit) zeroed || SHA-256 of the body as sent
+    signature = signer.sign(DOMAIN + header[:8] + b"\0" + header[9:72] + hashlib.sha256(body_bytes).digest())
     return header + body_bytes + signature
 
 

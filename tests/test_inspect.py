@@ -4,6 +4,7 @@ the human-readable output. Through click's CliRunner and through meshnode.inspec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -352,7 +353,8 @@ def test_unknown_body_keys_and_hint_flags_are_shown(tmp_path: Path) -> None:
     header = bytearray(ping(1)[:72])
     header[5], header[7] = 4, 0x21                   # minor 4, flags: signed + hint bit 5
     header[12:16] = len(body).to_bytes(4, "little")
-    signature = A.sign(SIGNATURE_DOMAIN + bytes(header[:8]) + b"\0" + bytes(header[9:]) + body)
+    signature = A.sign(SIGNATURE_DOMAIN + bytes(header[:8]) + b"\0" + bytes(header[9:])
+                       + hashlib.sha256(body).digest())
     path = write(tmp_path, "p.bin", bytes(header) + body + signature)
     key = write(tmp_path, "a.pub", A.public_key_bytes)
     [obj] = json_lines(invoke(["--json", "--trust", key, path]))

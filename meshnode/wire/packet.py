@@ -17,7 +17,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from functools import lru_cache
 from typing import Any, ClassVar, NamedTuple
@@ -37,6 +37,7 @@ __all__ = [
     "Kind", "Flags", "Encoding", "VectorBlock", "Tensor", "Hello", "Ping", "Pong", "Vectors", "Knowledge",
     "Delta", "DeltaTensor", "Ack", "Nack", "Fragment", "Bye", "Body", "Header", "Packet", "Signer",
     "node_id_of", "encode_packet", "decode_packet", "verify_packet", "set_hop_limit", "max_packet_len",
+    "signature_input",
 ]
 
 MAGIC = b"MNPK"
@@ -96,6 +97,11 @@ class VectorBlock:
     count: int
     encoding: Encoding
     data: bytes
+    # True only when `data` is immutable bytes known to be a valid encoding of (dim, count, encoding):
+    # set by from_trits (packed from checked trits) and by the decoder (validated). The encoder then
+    # skips re-reading every trit; limits and all other fields are still checked. Not an init
+    # argument, so a hand-built block (or dataclasses.replace) starts unchecked.
+    _data_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
     def from_trits(cls, trits: np.ndarray, space: bytes, encoding: Encoding | str = "auto", *,
@@ -115,7 +121,14 @@ class VectorBlock:
             except KeyError:
                 raise CodecError(Reason.BAD_ENCODING, f"unknown encoding {encoding!r}") from None
         enc, data = _trits.pack(arr, encoding, limits=limits)  # type: ignore[arg-type]
-        return cls(space=bytes(space), dim=int(dim), count=int(count), encoding=Encoding(enc), data=data)
+        return cls._checked(bytes(space), int(dim), int(count), Encoding(enc), data)
+
+    @classmethod
+    def _checked(cls, space: bytes, dim: int, count: int, encoding: Encoding, data: bytes) -> VectorBlock:
+        """A block whose `data` (bytes) is already known to be valid for dim, count and encoding."""
+        block = cls(space, dim, count, encoding, data)
+        object.__setattr__(block, "_data_checked", type(data) is bytes)
+        return block
 
     def to_trits(self, *, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
         """The (count, dim) int8 array (validated)."""
@@ -344,8 +357,9 @@ class Packet:
 
     @property
     def signed_message(self) -> bytes:
-        """Exactly the bytes the signature covers (SPEC §2): domain || header with hop 0 || body."""
-        return _signed_message(self.raw, self.header.body_length)
+        """Exactly the bytes the signature covers (SPEC §2): domain || header with hop 0 || SHA-256(body)."""
+        view = memoryview(self.raw)
+        return signature_input(view[:HEADER_LEN], view[HEADER_LEN:HEADER_LEN + self.header.body_length])
 
     @property
     def kind(self) -> Kind:
@@ -360,10 +374,17 @@ class Packet:
         return self.header.packet_id
 
 
-def _signed_message(raw: bytes | memoryview, body_length: int) -> bytes:
-    # One copy of header+body (Ed25519 needs one contiguous message); slicing the memoryview is free.
-    view = memoryview(raw)
-    return b"".join((SIGNATURE_DOMAIN, view[:_HOP_OFFSET], b"\x00", view[_HOP_OFFSET + 1:HEADER_LEN + body_length]))
+def signature_input(header: bytes | memoryview, body: bytes | memoryview) -> bytes:
+    """The message Ed25519 signs for a packet (SPEC §2), 123 bytes: SIGNATURE_DOMAIN, the 72-byte
+    `header` with its hop-limit byte set to 0, then SHA-256 of `body`.
+
+    The one place that builds it: sender and receiver both call this. Pure Ed25519 hashes its whole
+    message with SHA-512 twice to sign and once to verify; with the body prehashed, a large packet
+    costs one SHA-256 pass (SHA-NI on most x86 CPUs) on each side and Ed25519 works on 123 bytes."""
+    if len(header) != HEADER_LEN:
+        raise ValueError(f"a packet header is {HEADER_LEN} bytes, got {len(header)}")
+    return b"".join((SIGNATURE_DOMAIN, header[:_HOP_OFFSET], b"\x00", header[_HOP_OFFSET + 1:],
+                     hashlib.sha256(body).digest()))
 
 
 def node_id_of(public_key_bytes: bytes) -> bytes:
@@ -438,6 +459,13 @@ class _WType:
 
     def encode(self, v: Any) -> Any:
         return v
+
+    def check_typed(self, v: Any, lim: Limits) -> Any:
+        """What `decode` gives for the msgpack round trip of `encode(v)`, without the round trip: the
+        sender's check of a typed value (the caller has made sure the wire form survives msgpack
+        unchanged, see `_check_wire_tree`). Containers and vector blocks override it to walk the typed
+        value instead of its wire form; leaves are cheap enough to encode and decode."""
+        return self.decode(self.encode(v), lim)
 
 
 class _Simple(_WType):
@@ -557,6 +585,19 @@ class _ListOf(_WType):
         enc = self.item.encode
         return [enc(x) for x in v]
 
+    def check_typed(self, v: Any, lim: Limits) -> Any:
+        if self.fast is not None and set(map(type, v)) <= self.fast:   # _Simple.encode is the identity
+            return tuple(v)
+        check = self.item.check_typed
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(check(x, lim))
+            except _Bad as e:
+                e.path.insert(0, f"[{i}]")
+                raise
+        return tuple(out)
+
 
 class _Shape(_WType):
     """An array of non-negative ints."""
@@ -640,6 +681,23 @@ class _Record(_WType):
             out[key] = wtype.encode(x)
         return out
 
+    def check_typed(self, obj: Any, lim: Limits) -> Any:
+        # encode() has run on obj already: its type is right and every required field is set.
+        kwargs = {}
+        for key, wtype, _required in self.fields:
+            x = getattr(obj, key)
+            if x is None:
+                continue
+            try:
+                kwargs[key] = wtype.check_typed(x, lim)
+            except _Bad as e:
+                e.path.insert(0, key)
+                raise
+        out = self.cls(**kwargs)
+        if self.check is not None:
+            self.check(out, lim)
+        return out
+
 
 _MISSING = object()
 _INT_ONLY = frozenset((int,))
@@ -662,6 +720,12 @@ class _VectorBlockT(_WType):
             data = v["data"]
         except KeyError as e:
             raise _Bad(f"required key {e.args[0]!r} is missing") from None
+        return self._check(space, dim, count, enc, data, lim, data_checked=False)
+
+    @staticmethod
+    def _check(space: Any, dim: Any, count: Any, enc: Any, data: Any, lim: Limits, *,
+               data_checked: bool) -> VectorBlock:
+        """SPEC §3.1 in its order, from `space` on; the trits themselves are read unless `data_checked`."""
         if type(space) is not bytes or not 1 <= len(space) <= 32:
             raise _Bad("space: expected bin of 1..32 bytes")
         if type(dim) is not int or dim < 0:
@@ -674,16 +738,25 @@ class _VectorBlockT(_WType):
             raise _Bad(f"data: expected bin, got {_tname(data)}")
         encoding = _ENCODINGS[enc]
         try:
-            _trits.validate(data, dim, count, encoding, limits=lim)
+            if data_checked:
+                _trits._check_limits(dim, count, lim)      # what validate checks before the data
+            else:
+                _trits.validate(data, dim, count, encoding, limits=lim)
         except CodecError as e:
             raise _Bad(_codec_message(e), e.reason, data=data, data_offset=e.offset) from None
-        return VectorBlock(space, dim, count, encoding, data)
+        return VectorBlock._checked(space, dim, count, encoding, data)
 
     def encode(self, b: Any) -> Any:
         if type(b) is not VectorBlock:
             raise PacketError(Reason.BAD_BODY, f"expected VectorBlock, got {type(b).__name__}")
         return {"space": bytes(b.space), "dim": int(b.dim), "count": int(b.count), "encoding": int(b.encoding),
                 "data": bytes(b.data)}
+
+    def check_typed(self, b: Any, lim: Limits) -> Any:
+        # the same values encode() put on the wire, in the same order of checks as decode()
+        data = bytes(b.data)
+        return self._check(bytes(b.space), int(b.dim), int(b.count), int(b.encoding), data, lim,
+                           data_checked=b._data_checked and data is b.data)
 
 
 _ENCODINGS: dict[int, Encoding] = {int(e): e for e in Encoding}
@@ -901,6 +974,52 @@ def _check_tree(root: Any, max_depth: int) -> None:
                 raise _Bad(f"value of type {t.__name__} is not allowed")
 
 
+_WIRE_TYPES = _SCALARS | {dict, list}
+
+
+def _check_wire_tree(root: dict[str, Any], lim: Limits) -> None:
+    """Raise _Bad unless msgpack would give `root` back unchanged (same values, same exact types) under
+    the decoder's options, and `_check_tree` would accept it: only the types msgpack makes (no tuples,
+    subclasses, numpy scalars), str keys, depth, and the limits `_decode_body` passes to msgpack
+    (str bytes, array/map entries, the entry budget). Bins need no check: the whole body is already
+    within max_body. A failure here is not final: the caller lets the real decode decide."""
+    max_str, max_coll, max_depth = lim.max_str, lim.max_collection, lim.max_depth
+    quarter = max_str // 4                 # a str of at most this many chars has at most max_str UTF-8 bytes
+    budget = 16 * max_coll
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        obj, depth = pop()
+        if depth > max_depth:
+            raise _Bad(f"nesting deeper than {max_depth}")
+        n = len(obj)
+        budget -= n + 1
+        if n > max_coll or budget < 0:
+            raise _Bad("too many array/map entries")
+        if type(obj) is dict:
+            if n and not set(map(type, obj)) <= _STR_ONLY:
+                raise _Bad("map keys must be str")
+            _check_str_lengths(obj, quarter, max_str)
+            values: Any = obj.values()
+        else:
+            values = obj
+        types = set(map(type, values))
+        if not types <= _WIRE_TYPES:
+            raise _Bad("a value msgpack would convert")
+        if str in types:
+            _check_str_lengths(values, quarter, max_str)
+        if dict in types or list in types:
+            for x in values:
+                if type(x) is dict or type(x) is list:
+                    push((x, depth + 1))
+
+
+def _check_str_lengths(items: Any, quarter: int, max_str: int) -> None:
+    for x in items:
+        if type(x) is str and len(x) > quarter and len(x.encode("utf-8", "surrogatepass")) > max_str:
+            raise _Bad(f"a str longer than {max_str} bytes")
+
+
 class _Budget:
     """Counts the entries of every array and map as msgpack builds them, and stops the decode once a
     body holds more than 16 * max_collection of them: a 64 MiB body of tiny items would otherwise
@@ -970,11 +1089,32 @@ def _codec_message(e: CodecError) -> str:
 # Encode / decode / verify
 
 
-def _encode_body(body: Body) -> bytes:
+def _schema_of(body: Body) -> _Record:
     schema = _SCHEMAS.get(getattr(body, "KIND", None))  # type: ignore[arg-type]
     if schema is None:
         raise PacketError(Reason.UNKNOWN_KIND, f"{type(body).__name__} is not a packet body")
-    return msgpack.packb(schema.encode(body), use_bin_type=True)
+    return schema
+
+
+def _check_outgoing(kind: Kind, body: Body, wire: dict[str, Any], body_bytes: bytes, lim: Limits) -> None:
+    """Raise the PacketError the receiver's decode of `body_bytes` would raise (with limits `lim`).
+
+    Decoding what was just encoded costs a msgpack parse, copies of every bin and a read of every trit.
+    When the wire form is plain msgpack data within the limits, the typed body is checked directly by
+    the same schema code instead, and vector blocks built by from_trits (or decoded) skip the trit scan;
+    anything else (tuples or numpy scalars in a meta map, a limit exceeded...) takes the full decode."""
+    try:
+        _check_wire_tree(wire, lim)
+    except _Bad:
+        try:
+            _decode_body(kind, body_bytes, lim)
+        except _Bad as e:
+            raise _body_error(e, None, 0, 0) from None
+        return
+    try:
+        _SCHEMAS[kind].check_typed(body, lim)
+    except _Bad as e:
+        raise _body_error(e, None, 0, 0) from None
 
 
 def encode_packet(body: Body, signer: Signer | None, *, origin: bytes | None = None, packet_id: bytes | None = None,
@@ -984,18 +1124,18 @@ def encode_packet(body: Body, signer: Signer | None, *, origin: bytes | None = N
 
     The origin is the signer's node id; an unsigned packet (fragments) needs `origin`. The packet id
     defaults to 16 random bytes (os.urandom) and the timestamp to the wall clock. The body is checked
-    with the same code the receiver runs (so a bad vector block fails here, not at the peer), unless
-    `_validate=False`, which exists only to build malformed test vectors.
+    with the same schema code the receiver runs, so that what decode would refuse fails here, with
+    the same reason, not at the peer (`_check_outgoing`), unless `_validate=False`, which exists
+    only to build malformed test vectors.
     """
+    schema = _schema_of(body)
     kind = body.KIND
-    body_bytes = _encode_body(body)
+    wire = schema.encode(body)
+    body_bytes = msgpack.packb(wire, use_bin_type=True)
     if _validate:
         if len(body_bytes) > limits.max_body:
             raise PacketError(Reason.TOO_LARGE, f"body of {len(body_bytes)} bytes exceeds max_body {limits.max_body}")
-        try:
-            _decode_body(kind, body_bytes, limits)
-        except _Bad as e:
-            raise _body_error(e, None, 0, 0) from None
+        _check_outgoing(kind, body, wire, body_bytes, limits)
     if signer is not None:
         if origin is not None and origin != signer.node_id:
             raise PacketError(Reason.BAD_HEADER, "origin differs from the signer's node id")
@@ -1019,8 +1159,7 @@ def encode_packet(body: Body, signer: Signer | None, *, origin: bytes | None = N
                           timestamp_us, bytes(packet_id), bytes(origin))
     if signer is None:
         return header + body_bytes
-    signature = signer.sign(b"".join((SIGNATURE_DOMAIN, header[:_HOP_OFFSET], b"\x00", header[_HOP_OFFSET + 1:],
-                                      body_bytes)))
+    signature = signer.sign(signature_input(header, body_bytes))
     return b"".join((header, body_bytes, signature))
 
 
@@ -1088,7 +1227,7 @@ def verify_packet(packet: Packet, public_key: bytes | Ed25519PublicKey) -> None:
         except ValueError:
             raise PacketError(Reason.BAD_SIGNATURE, "not a valid Ed25519 public key") from None
     try:
-        public_key.verify(packet.signature, _signed_message(packet.raw, packet.header.body_length))
+        public_key.verify(packet.signature, packet.signed_message)
     except InvalidSignature:
         raise PacketError(Reason.BAD_SIGNATURE, "signature does not verify", offset=len(packet.raw) - SIGNATURE_LEN
                           ) from None

@@ -43,7 +43,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import FrameError, PacketError, Reason, SessionError, WireError
-from .frames import FRAGMENT_OVERHEAD, FrameDecoder, Reassembler, encode_frame, iter_fragments
+from .frames import FRAGMENT_OVERHEAD, FrameDecoder, Reassembler, encode_frame, iter_fragment_frames
 from .limits import DEFAULT_LIMITS, Limits
 from .packet import (
     HEADER_LEN, MAGIC, PROTOCOL_VERSION, Body, Bye, Hello, Kind, Packet, Ping, Pong, Signer, _public_key,
@@ -257,9 +257,15 @@ class Session:
     def _frames(self, raw: bytes) -> Iterator[bytes]:
         if len(raw) <= self._fragment_size:
             return iter((self._out(raw),))
-        pieces = iter_fragments(raw, self.signer, fragment_size=self._fragment_size, minor=self._out_minor,
-                                limits=self.limits)
-        return (self._out(p) for p in pieces)
+        frames = iter_fragment_frames(raw, self.signer, fragment_size=self._fragment_size, minor=self._out_minor,
+                                      limits=self.limits)
+        return map(self._observed, frames)
+
+    def _observed(self, frame: bytes) -> bytes:
+        """`_out` for a packet that comes already framed (the observer takes it without the prefix)."""
+        if self.observer is not None:
+            self.observer("out", frame[4:])
+        return frame
 
     # ---- input
 

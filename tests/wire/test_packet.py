@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import msgpack
@@ -15,7 +16,7 @@ from meshnode.wire.limits import DEFAULT_LIMITS, Limits
 from meshnode.wire.packet import (
     HEADER_LEN, MAGIC, PROTOCOL_VERSION, SIGNATURE_DOMAIN, SIGNATURE_LEN, Ack, Bye, Delta, DeltaTensor, Encoding,
     Flags, Fragment, Hello, Kind, Knowledge, Nack, Packet, Ping, Pong, Signer, Tensor, VectorBlock, Vectors,
-    body_to_wire, decode_packet, encode_packet, node_id_of, set_hop_limit, verify_packet,
+    body_to_wire, decode_packet, encode_packet, node_id_of, set_hop_limit, signature_input, verify_packet,
 )
 
 from ._support import A, B, FEW, SPACE, WIRE, random_trits, sample_bodies
@@ -267,12 +268,35 @@ def _ping(**kw) -> bytes:
     return encode_packet(Ping(seq=7, sent_us=99), A, packet_id=PID, timestamp_us=TS, **kw)
 
 
-def test_signed_message_is_domain_header_with_hop_zero_and_body():
+def test_signed_message_is_domain_header_with_hop_zero_and_body_digest():
     raw = _ping(hop_limit=5)
     p = decode_packet(raw)
     body_end = HEADER_LEN + p.header.body_length
-    assert p.signed_message == SIGNATURE_DOMAIN + raw[:8] + b"\x00" + raw[9:body_end]
-    A.public_key.verify(p.signature, p.signed_message)
+    # SPEC §2, written out: 19-byte domain, header with byte 8 zeroed, SHA-256 of the body
+    expected = b"meshnode/packet/v1\x00" + raw[:8] + b"\x00" + raw[9:HEADER_LEN] + hashlib.sha256(raw[HEADER_LEN:body_end]).digest()
+    assert SIGNATURE_DOMAIN == b"meshnode/packet/v1\x00" and len(expected) == 123
+    assert p.signed_message == expected == signature_input(raw[:HEADER_LEN], raw[HEADER_LEN:body_end])
+    A.public_key.verify(p.signature, expected)
+    with pytest.raises(ValueError):
+        signature_input(raw[:HEADER_LEN - 1], b"")
+
+
+def test_signature_covers_a_large_body_through_its_digest():
+    block = VectorBlock.from_trits(random_trits(5, 64, 4096, 0.3), SPACE, "dense2")
+    raw = encode_packet(Vectors(topic="t", vectors=block), A)
+    p = decode_packet(raw)
+    verify_packet(p, A.public_key)
+    body_end = HEADER_LEN + p.header.body_length
+    bad = bytearray(raw)
+    bad[body_end - 1] ^= 0x40            # a trit code in the last data byte: 01 (+1) <-> 00 (0) or 11 <-> 10
+    try:
+        q = decode_packet(bytes(bad))
+    except PacketError:
+        bad[body_end - 1] ^= 0x40 | 0x80  # the other bit of that trit instead
+        q = decode_packet(bytes(bad))
+    with pytest.raises(PacketError) as e:
+        verify_packet(q, A.public_key)
+    assert e.value.reason is Reason.BAD_SIGNATURE
 
 
 def test_every_bit_flip_in_header_or_body_breaks_the_signature_except_hop_limit():
