@@ -336,6 +336,51 @@ def metrics(config_path: Path, socket_path: Path | None, timeout: float) -> None
 
 
 @main.command()
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--worker", help="The worker to ask (needed when several can classify).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds to wait for the daemon (it embeds the texts with its model).")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The control socket, instead of reading its path from the config.")
+@_config_option
+@_json_option
+def predict(texts: tuple[str, ...], worker: str | None, timeout: float, socket_path: Path | None,
+            config_path: Path, as_json: bool) -> None:
+    """Classify TEXTS with the local daemon's transfer worker (its adopted knowledge). Use - to read
+    one text per line from stdin. Exits 1 if no daemon answers or no worker can classify yet."""
+    from .control import ControlError, query_sync
+
+    items = [line for line in sys.stdin.read().splitlines() if line.strip()] if texts == ("-",) else list(texts)
+    if not items:
+        _fail("no texts to classify", EXIT_USAGE)
+    path = socket_path if socket_path is not None else _load_config(config_path, check_files=False).control.socket
+    args: dict[str, Any] = {"texts": items}
+    if worker is not None:
+        args["worker"] = worker
+    try:
+        result = query_sync(path, "classify", timeout=timeout, **args)
+    except ControlError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    result = _expect("classify", result, dict)
+    if as_json:
+        _print_json(result)
+        return
+    labels, scores = result.get("labels") or [], result.get("scores") or []
+    if len(labels) != len(items):
+        _fail(f"the daemon answered {len(labels)} labels for {len(items)} texts", EXIT_BAD_INPUT)
+    for text, label, row in zip(items, labels, scores):
+        top = max(row) if row else float("nan")
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        click.echo(f"{label}\t{top:.3f}\t{shown}")
+    acc = result.get("accuracy")
+    teacher = result.get("teacher")
+    note = f"worker {result.get('worker')} (task {result.get('task')}"
+    note += f", teacher {str(teacher)[:16]}" if teacher else ""
+    note += f", eval accuracy {acc:.3f})" if isinstance(acc, (int, float)) else ")"
+    click.echo(note, err=True)
+
+
+@main.command()
 @click.argument("scenario_path", metavar="SCENARIO.toml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the JSON report here (per node, per link, per flow; see docs/SIM.md).")

@@ -34,6 +34,7 @@ from .metrics import Metrics
 
 __all__ = [
     "COMMANDS",
+    "ARG_COMMANDS",
     "MAX_REQUEST",
     "MAX_RESPONSE",
     "ControlError",
@@ -48,6 +49,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COMMANDS = ("status", "peers", "workers", "counters", "metrics")
+# Commands that take arguments besides "cmd"; the provider may lack them (then: a clear error).
+#   {"cmd": "classify", "texts": [str, ...], "worker": str (optional)} -> provider.classify(texts, worker)
+ARG_COMMANDS = ("classify",)
 # A request is one short JSON object; anything near this size is a bug or an attack.
 MAX_REQUEST = 64 * 1024
 # Responses grow with the peer and worker tables (max_peers is 64 by default: a few tens of KiB);
@@ -230,12 +234,15 @@ class ControlServer:
             self._count("errors")
             return _error('request must be a JSON object with a string "cmd", like {"cmd": "status"}')
         cmd = request["cmd"]
-        if cmd not in COMMANDS:
+        if cmd not in COMMANDS and cmd not in ARG_COMMANDS:
             self._count("errors")
             shown = cmd if len(cmd) <= 40 else cmd[:40] + "..."
-            return _error(f"unknown cmd {shown!r} (known: {', '.join(COMMANDS)})")
+            return _error(f"unknown cmd {shown!r} (known: {', '.join(COMMANDS + ARG_COMMANDS)})")
         try:
-            result = await self._run(cmd)
+            result = await (self._run(cmd) if cmd in COMMANDS else self._run_with_args(cmd, request))
+        except ControlError as e:  # the provider refused this request (bad arguments, not ready): no bug
+            self._count("errors")
+            return _error(str(e))
         except Exception as e:  # a provider bug must not end the daemon, only this answer
             self._count("errors")
             log.exception("control command %r failed", cmd)
@@ -248,6 +255,20 @@ class ControlServer:
             peers = await self._call("peers")
             return prometheus_text(await self._call("counters"), status=status, peers=peers)
         return await self._call(cmd)
+
+    async def _run_with_args(self, cmd: str, request: dict[str, Any]) -> Any:
+        method = getattr(self._provider, cmd, None)
+        if method is None:
+            raise ControlError(f"this daemon does not serve {cmd!r}")
+        texts, worker = request.get("texts"), request.get("worker")
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ControlError('classify needs "texts": a non-empty list of strings')
+        if worker is not None and not isinstance(worker, str):
+            raise ControlError('"worker" must be a string (a worker name)')
+        result = method(texts, worker=worker)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
     async def _call(self, name: str) -> Any:
         result = getattr(self._provider, name)()
@@ -448,8 +469,8 @@ def prometheus_text(
 # ------------------------------------------------------------------------------------------ client
 
 
-async def query(path: str | os.PathLike[str], cmd: str, *, timeout: float = 5.0) -> Any:
-    """Send one command to the daemon at `path` and return its result.
+async def query(path: str | os.PathLike[str], cmd: str, *, timeout: float = 5.0, **args: Any) -> Any:
+    """Send one command (with `args` as further request keys) to the daemon at `path`; return its result.
 
     Raises ControlUnavailable when no daemon answers, ControlError when it answers with an error.
     """
@@ -458,7 +479,7 @@ async def query(path: str | os.PathLike[str], cmd: str, *, timeout: float = 5.0)
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(where, limit=MAX_RESPONSE)
             try:
-                writer.write(json.dumps({"cmd": cmd}).encode("utf-8") + b"\n")
+                writer.write(json.dumps({"cmd": cmd, **args}).encode("utf-8") + b"\n")
                 await writer.drain()
                 line = await reader.readline()
             finally:
@@ -492,6 +513,6 @@ async def query(path: str | os.PathLike[str], cmd: str, *, timeout: float = 5.0)
     return response.get("result")
 
 
-def query_sync(path: str | os.PathLike[str], cmd: str, *, timeout: float = 5.0) -> Any:
+def query_sync(path: str | os.PathLike[str], cmd: str, *, timeout: float = 5.0, **args: Any) -> Any:
     """`query` for code without an event loop (the CLI)."""
-    return asyncio.run(query(path, cmd, timeout=timeout))
+    return asyncio.run(query(path, cmd, timeout=timeout, **args))

@@ -568,6 +568,22 @@ class Node:
                         "status": status, "metrics": entry.metrics.snapshot()})
         return out
 
+    async def classify(self, texts: list[str], worker: str | None = None) -> Any:
+        """Classify `texts` with a running worker that can (one with a `classify` method, e.g. a
+        transfer worker): the one named `worker`, or the only one there is."""
+        from .control import ControlError
+
+        able = [e for e in self._workers if e.state == "running" and callable(getattr(e.worker, "classify", None))]
+        if worker is not None:
+            able = [e for e in able if e.name == worker]
+            if not able:
+                raise ControlError(f"no running worker named {worker!r} that can classify")
+        if not able:
+            raise ControlError("no running worker on this daemon can classify (configure a transfer worker)")
+        if len(able) > 1:
+            raise ControlError(f"several workers can classify ({', '.join(e.name for e in able)}); name one")
+        return await able[0].worker.classify(texts)  # type: ignore[union-attr]
+
     def counters(self) -> dict[str, int | float]:
         out: Counter[str] = Counter(self._closed_drops)
         for name, value in self.metrics.snapshot().items():

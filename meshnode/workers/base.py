@@ -90,8 +90,9 @@ class Worker(abc.ABC):
 
 def builtin_workers() -> dict[str, type[Worker]]:
     from .heartbeat import HeartbeatWorker  # local import: built-ins load only when asked for
+    from .transfer import TransferWorker
 
-    return {HeartbeatWorker.type_name: HeartbeatWorker}
+    return {HeartbeatWorker.type_name: HeartbeatWorker, TransferWorker.type_name: TransferWorker}
 
 
 def load_worker_class(type_name: str) -> type[Worker]:

@@ -1,0 +1,635 @@
+"""`transfer`: move task knowledge between nodes whose models have different architectures.
+
+A *teacher* embeds a shared, unlabeled anchor set and its labeled training set with its model,
+encodes both in a shared HDC space, trains a probe, and publishes on `transfer/<task>`: its knowledge
+(linear probe, prototypes and/or predictions on the anchors) and, when a student asks for them, its
+ternary anchor vectors in chunks. It republishes every `republish_interval`, and soon after a new
+student says hello.
+
+A *student* hosts another model. It says hello (repeating until it has adopted something), checks
+every teacher message against its own space, dimension and anchor set (refusing with a counted,
+logged reason), assembles one version of a teacher's content, fits its classifier off the event loop
+(`alignment`: its own probe on the teacher's anchor predictions, or a map into the teacher's space),
+evaluates it on its local labeled eval set when one is configured, persists it (safetensors + json,
+written atomically, restored at the next start) and serves it: `status()` for `meshnode workers`,
+`classify()` for the control API's `classify` command and `meshnode predict`. With several teachers
+of one task it keeps the first complete one, or, when it has an eval set, the most accurate.
+
+Message formats and checks: transfer_protocol.py; the learning: transfer_model.py; settings:
+transfer_settings.py; operator docs: docs/WORKERS.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..control import ControlError
+from ..hdc.knowledge import LinearKnowledge, PredictionKnowledge, PrototypeKnowledge
+from ..hdc.space import Space
+from ..wire.packet import Knowledge, Packet, Vectors
+from .anchors import AnchorSet, load_anchor_set
+from .base import Worker, WorkerContext
+from .transfer_model import StudentFit, TeacherFit, accuracy_against, fit_student, fit_teacher
+from .transfer_protocol import (
+    Assembly,
+    Expectation,
+    KnowledgeOffer,
+    StudentHello,
+    TransferRefused,
+    anchor_chunks,
+    check_knowledge,
+    check_vectors,
+    content_digest,
+    knowledge_bodies,
+    student_hello,
+    with_digest,
+)
+from .transfer_settings import TransferSettings, parse_settings
+
+__all__ = ["MAX_CLASSIFY_CHARS", "MAX_CLASSIFY_TEXTS", "TransferWorker"]
+
+MAX_CLASSIFY_TEXTS = 1024
+MAX_CLASSIFY_CHARS = 20000
+_PACKET_BUDGET = 3_500_000   # bytes of one knowledge body: well under 4 MiB with headers
+_STALE_ASSEMBLY_S = 600.0    # an incomplete teacher version with no progress for this long is dropped
+RESULT_JSON = "result.json"
+# transformers imports its classes lazily, and two threads doing that at once can fail with an
+# ImportError (seen with two transfer workers starting in one daemon): load one model at a time.
+_MODEL_LOAD_LOCK = threading.Lock()
+RECEIVED = "received.safetensors"
+
+
+@dataclass(frozen=True)
+class _Labeled:
+    texts: tuple[str, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _load_labeled(path: Path, split: str, classes: tuple[str, ...] | None, limit: int, seed: int) -> _Labeled:
+    from ..data import DataError, LabeledTexts, load_split, read_jsonl
+
+    try:
+        if path.is_dir():
+            data = load_split(path, split)
+        else:
+            texts, labels = read_jsonl(path)
+            arr = np.asarray(labels, dtype=np.int64)
+            names = classes or tuple(str(i) for i in range(int(arr.max()) + 1 if arr.size else 0))
+            if arr.size and (arr.min() < 0 or arr.max() >= len(names)):
+                raise DataError(f"{path}: labels outside 0..{len(names) - 1}")
+            data = LabeledTexts(tuple(texts), arr, tuple(names))
+    except (OSError, DataError) as e:
+        raise ValueError(f"cannot load labeled data {path}: {e}") from None
+    if classes is not None and path.is_dir() and tuple(classes) != data.classes:
+        raise ValueError(f"{path}: labels.json names {list(data.classes)}, settings.classes {list(classes)}")
+    if len(data) > limit:
+        data = data.sample(limit, seed)
+    return _Labeled(data.texts, data.labels, data.classes)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _knowledge_arrays(knowledge: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for k in knowledge.values():
+        if isinstance(k, LinearKnowledge):
+            out["linear.weight"], out["linear.bias"] = k.weight, k.bias
+        elif isinstance(k, PrototypeKnowledge):
+            out["prototypes"] = k.prototypes
+        elif isinstance(k, PredictionKnowledge):
+            out["predictions"] = k.predictions
+    return {name: np.ascontiguousarray(a) for name, a in out.items()}
+
+
+class TransferWorker(Worker):
+    type_name: ClassVar[str] = "transfer"
+
+    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+        super().__init__(name, settings)
+        self.cfg: TransferSettings = parse_settings(name, settings)
+        self.space = Space(seed=self.cfg.space_seed, dim=self.cfg.dim, version=self.cfg.space_version)
+        self._ctx: WorkerContext | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._state = "new"
+        self._error: str | None = None
+        self._exp: Expectation | None = None
+        self._embedder: Any = None
+        self._embed_lock = threading.Lock()
+        self._eval: _Labeled | None = None
+        self._eval_emb: np.ndarray | None = None
+        self._anchor_emb: np.ndarray | None = None
+        self._accuracy: float | None = None
+        self._refusals: Counter[str] = Counter()
+        self._last_refusal: dict[str, Any] | None = None
+        # teacher
+        self._teacher: TeacherFit | None = None
+        self._train_size = 0
+        self._bodies: list[Knowledge] = []
+        self._digest: bytes | None = None
+        self._pending: dict[bytes, str] = {}
+        self._wake = asyncio.Event()
+        self._rounds = 0
+        self._last_round: float | None = None
+        self._students: set[bytes] = set()
+        # student
+        self._assemblies: dict[tuple[bytes, bytes], Assembly] = {}
+        self._done: set[tuple[bytes, bytes]] = set()
+        self._fitting: set[tuple[bytes, bytes]] = set()
+        self._fit_lock = asyncio.Lock()
+        self._fit: StudentFit | None = None
+        self._adopted: dict[str, Any] | None = None
+        self._candidates: dict[str, dict[str, Any]] = {}
+        self._hello_adopted_pending = False
+        self._fit_error: str | None = None
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self, ctx: WorkerContext) -> None:
+        self._ctx = ctx
+        self._state = "preparing"
+        main = self._teacher_main() if self.cfg.role == "teacher" else self._student_main()
+        self._spawn(main, f"worker:{self.name}")
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
+        if self._ctx is not None:
+            self._ctx.metrics.inc("errors")
+            self._ctx.logger.error("transfer worker %s failed: %s", self.name, self._error, exc_info=exc)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def ctx(self) -> WorkerContext:
+        assert self._ctx is not None, "worker not started"
+        return self._ctx
+
+    # ------------------------------------------------------------------------------------ shared
+
+    def _prepare_common(self) -> AnchorSet:
+        """Blocking: anchor set, model, anchor embeddings, eval set."""
+        from ..models import Embedder, default_cache_dir
+
+        cfg = self.cfg
+        anchors = load_anchor_set(cfg.anchors, name=cfg.anchor_set, max_texts=cfg.max_anchors)
+        self._exp = Expectation(cfg.task, self.space, anchors.name, len(anchors), anchors.hash)
+        with _MODEL_LOAD_LOCK:
+            self._embedder = Embedder.from_spec(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir(),
+                                                device=cfg.device, batch_size=cfg.batch_size,
+                                                max_length=cfg.max_length)
+        self._anchor_emb = self._embed(anchors.texts)
+        if cfg.eval_data is not None:
+            self._eval = _load_labeled(cfg.eval_data, cfg.eval_split, cfg.classes, cfg.max_eval, cfg.seed)
+            self._eval_emb = self._embed(self._eval.texts)
+        return anchors
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._embed_lock:
+            return self._embedder.embed(texts)
+
+    def _refuse(self, err: TransferRefused, origin: bytes) -> None:
+        self._refusals[err.code] += 1
+        self.ctx.metrics.inc(f"refused.{err.code}")
+        self._last_refusal = {"reason": err.code, "detail": err.detail, "from": origin.hex(),
+                              "time_us": self.ctx.clock.wall_us()}
+        self.ctx.logger.warning("transfer %s: refused a message from %s: %s: %s", self.name, origin.hex()[:16],
+                                err.code, err.detail)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        """Sleep on the context's clock; `self._wake.set()` ends it early."""
+        sleeper = asyncio.ensure_future(self.ctx.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, waker):
+                t.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+        self._wake.clear()
+
+    # ------------------------------------------------------------------------------------ teacher
+
+    def _prepare_teacher(self) -> None:
+        cfg = self.cfg
+        anchors = self._prepare_common()
+        assert cfg.train_data is not None and self._exp is not None and self._anchor_emb is not None
+        train = _load_labeled(cfg.train_data, cfg.train_split, cfg.classes, cfg.max_train, cfg.seed)
+        if len(np.unique(train.labels)) < 2:
+            raise ValueError(f"{cfg.train_data}: the training set needs at least two classes")
+        train_emb = self._embed(train.texts)
+        fit = fit_teacher(self.space, cfg.tau, self._anchor_emb, anchors.hash, train_emb, train.labels,
+                          train.classes, probe=cfg.probe, forms=cfg.knowledge, predictions=cfg.predictions,
+                          seed=cfg.seed)
+        info = {"model": self._embedder.name, "train_size": len(train), "probe": cfg.probe,
+                "fingerprint": self._embedder.fingerprint[:16]}
+        bodies = knowledge_bodies(cfg.topic, self._exp, fit.forms, half=cfg.half, info=info)
+        for body in bodies:
+            size = sum(len(t.data) for t in (body.weight, body.bias, body.predictions) if t is not None)
+            size += len(body.vectors.data) if body.vectors is not None else 0
+            if size > _PACKET_BUDGET:
+                raise ValueError(f"knowledge form {body.form!r} is {size} bytes, over the {_PACKET_BUDGET}-byte "
+                                 "packet budget (fewer classes, a smaller dim, or another form)")
+        anchors_sent = fit.anchor_trits if cfg.send_anchors != "never" else None
+        self._digest = content_digest(self._exp, anchors_sent, bodies)
+        self._bodies = with_digest(bodies, self._digest)
+        self._teacher, self._train_size = fit, len(train)
+        if self._eval is not None and self._eval_emb is not None:
+            pred = fit.scores(self.space, self._eval_emb, cfg.tau).argmax(axis=1)
+            self._accuracy = accuracy_against(pred, fit.linear.classes, self._eval.labels, self._eval.classes)
+
+    async def _teacher_main(self) -> None:
+        ctx = self.ctx
+        await ctx.run_blocking(self._prepare_teacher)
+        ctx.subscribe(self.cfg.topic, self._on_teacher_packet)
+        self._state = "publishing"
+        ctx.logger.info("transfer %s: teacher of %r ready (digest %s)", self.name, self.cfg.task,
+                        self._digest.hex()[:16] if self._digest else "-")
+        while True:
+            if self._last_round is not None:
+                gap = self.cfg.min_republish_gap - (ctx.clock.monotonic() - self._last_round)
+                if gap > 0:
+                    await ctx.clock.sleep(gap)
+            await self._publish_round()
+            await self._sleep_or_wake(self.cfg.republish_interval)
+
+    async def _publish_round(self) -> None:
+        ctx, cfg = self.ctx, self.cfg
+        assert self._exp is not None and self._teacher is not None and self._digest is not None
+        # A round asked for by students carries only what they asked for: predictions for students
+        # without a map; the probe (or prototypes) and the anchor vectors for students with one. A
+        # periodic round carries every form, and anchors only when send_anchors is "always".
+        wants = set(self._pending.values())
+        self._pending.clear()
+        forms = set(cfg.knowledge)
+        wants_anchors = cfg.send_anchors == "always"
+        if wants:
+            forms = set()
+            if "predictions" in wants:
+                forms.add("predictions")
+            if "anchors" in wants:
+                forms |= {"linear", "prototypes"}
+                wants_anchors = wants_anchors or cfg.send_anchors == "on_request"
+            if not forms & set(cfg.knowledge):
+                ctx.metrics.inc("unserved_requests")
+                ctx.logger.warning("transfer %s: students want %s, which this teacher does not publish "
+                                   "(settings.knowledge = %s)", self.name, "/".join(sorted(wants)), list(cfg.knowledge))
+        self._last_round = ctx.clock.monotonic()
+        self._rounds += 1
+        for body in self._bodies:
+            if body.form in forms:
+                await ctx.publish(body)
+                ctx.metrics.inc(f"published.{body.form}")
+        if wants_anchors:
+            chunks = anchor_chunks(cfg.topic, self._exp, self._teacher.anchor_trits, self._digest, cfg.chunk_bytes)
+            for i, chunk in enumerate(chunks):
+                if i and cfg.chunk_interval:
+                    await ctx.clock.sleep(cfg.chunk_interval)   # let the links drain between chunks
+                await ctx.publish(chunk)
+                ctx.metrics.inc("published.anchor_chunks")
+        ctx.metrics.inc("rounds")
+
+    def _on_teacher_packet(self, packet: Packet) -> None:
+        body = packet.body
+        if not isinstance(body, Vectors) or not isinstance(body.meta, dict) or body.meta.get("kind") != "student":
+            return   # other teachers' traffic on the same task
+        assert self._exp is not None
+        try:
+            hello = check_vectors(body, self._exp)
+        except TransferRefused as e:
+            self._refuse(e, packet.origin)
+            return
+        assert isinstance(hello, StudentHello)
+        self.ctx.metrics.inc("student_hellos")
+        self._students.add(packet.origin)
+        if hello.adopted != self._digest:
+            self._pending[packet.origin] = hello.wants
+            self._wake.set()
+
+    # ------------------------------------------------------------------------------------ student
+
+    def _prepare_student(self) -> None:
+        self._prepare_common()
+        try:
+            self._restore()
+        except Exception as e:  # a damaged or foreign state file must not keep the student from learning anew
+            self.ctx.logger.warning("transfer %s: cannot restore the saved result (%s: %s); starting fresh",
+                                    self.name, type(e).__name__, e)
+            self._fit = self._adopted = self._accuracy = None
+            self._done.clear()
+
+    async def _student_main(self) -> None:
+        ctx, cfg = self.ctx, self.cfg
+        await ctx.run_blocking(self._prepare_student)
+        ctx.subscribe(cfg.topic, self._on_student_packet)
+        if self._fit is None:
+            self._state = "waiting"
+        assert self._exp is not None
+        wants = "anchors" if cfg.needs_anchors else "predictions"
+        while True:
+            adopted = self._adopted["digest_bytes"] if self._adopted is not None else None
+            if adopted is None or self._hello_adopted_pending:
+                self._hello_adopted_pending = False
+                await ctx.publish(student_hello(cfg.topic, self._exp, wants, adopted))
+                ctx.metrics.inc("hellos")
+            self._drop_stale()
+            await self._sleep_or_wake(cfg.announce_interval)
+
+    def _drop_stale(self) -> None:
+        now = self.ctx.clock.monotonic()
+        for key, asm in list(self._assemblies.items()):
+            if now - asm.updated > _STALE_ASSEMBLY_S and key not in self._fitting:
+                del self._assemblies[key]
+                self.ctx.metrics.inc("dropped.stale_assembly")
+
+    def _on_student_packet(self, packet: Packet) -> None:
+        body, origin = packet.body, packet.origin
+        assert self._exp is not None
+        try:
+            if isinstance(body, Vectors):
+                if isinstance(body.meta, dict) and body.meta.get("kind") == "student":
+                    return   # another student
+                msg: Any = check_vectors(body, self._exp)
+            elif isinstance(body, Knowledge):
+                msg = check_knowledge(body, self._exp)
+            else:
+                return
+        except TransferRefused as e:
+            self._refuse(e, origin)
+            return
+        if self.cfg.teacher is not None and not origin.hex().startswith(self.cfg.teacher):
+            self.ctx.metrics.inc("ignored.other_teacher")
+            return
+        key = (origin, msg.digest)
+        if key in self._done:
+            self.ctx.metrics.inc("ignored.known_version")
+            return
+        asm = self._assemblies.get(key)
+        if asm is None:
+            if len(self._assemblies) >= self.cfg.max_teachers:
+                idle = [k for k in self._assemblies if k not in self._fitting]
+                if not idle:
+                    self.ctx.metrics.inc("dropped.too_many_teachers")
+                    return
+                oldest = min(idle, key=lambda k: self._assemblies[k].updated)
+                del self._assemblies[oldest]
+                self.ctx.metrics.inc("dropped.too_many_teachers")
+            asm = self._assemblies[key] = Assembly(origin, msg.digest, self._exp.anchor_count, self.space.dim,
+                                                   self.ctx.clock.monotonic())
+        asm.bytes += len(packet.raw)
+        asm.packets += 1
+        asm.updated = self.ctx.clock.monotonic()
+        self.ctx.metrics.inc("bytes_received", len(packet.raw))
+        if isinstance(msg, KnowledgeOffer):
+            asm.add_knowledge(msg)
+        else:
+            asm.add_chunk(msg)
+        if asm.ready_for(self.cfg.needs_anchors) and key not in self._fitting:
+            self._fitting.add(key)
+            self._spawn(self._fit_version(asm), f"worker:{self.name}:fit")
+
+    async def _fit_version(self, asm: Assembly) -> None:
+        key = (asm.teacher, asm.digest)
+        try:
+            async with self._fit_lock:
+                if self._fit is None:
+                    self._state = "fitting"
+                knowledge = {form: offer.knowledge for form, offer in asm.knowledge.items()}
+                info = next(iter(asm.knowledge.values())).info if asm.knowledge else {}
+                try:
+                    fit, accuracy, seconds = await self.ctx.run_blocking(
+                        self._fit_blocking, knowledge, asm.anchors if self.cfg.needs_anchors else None)
+                except TransferRefused as e:
+                    self._refuse(e, asm.teacher)
+                    return
+                except Exception as e:  # e.g. a degenerate anchor block: this version is unusable, not the worker
+                    self.ctx.metrics.inc("fit_errors")
+                    self._fit_error = f"{type(e).__name__}: {e}"[:300]
+                    self.ctx.logger.exception("transfer %s: fitting teacher %s's knowledge failed", self.name,
+                                              asm.teacher.hex()[:16])
+                    return
+                record = {"teacher": asm.teacher.hex(), "digest": asm.digest.hex(), "accuracy": accuracy,
+                          "bytes_received": asm.bytes, "packets": asm.packets, "fit_s": round(seconds, 3),
+                          "teacher_model": str(info.get("model", ""))[:128], "form": fit.form,
+                          "labels": getattr(knowledge.get(fit.form), "labels", None)}
+                self._candidates[asm.teacher.hex()] = record
+                if self._better(record):
+                    try:
+                        await self.ctx.run_blocking(self._persist, record, knowledge,
+                                                    asm.anchors if self.cfg.needs_anchors else None)
+                    except OSError as e:  # a full disk costs the restart, not the knowledge
+                        self.ctx.metrics.inc("persist_errors")
+                        self.ctx.logger.error("transfer %s: cannot save the result: %s", self.name, e)
+                    self._adopt(fit, record, asm.digest)
+        finally:
+            self._fitting.discard(key)
+            self._done.add(key)
+            self._assemblies.pop(key, None)
+            if self._fit is None:
+                self._state = "waiting"
+
+    def _fit_blocking(self, knowledge: dict[str, Any], teacher_anchors: np.ndarray | None
+                      ) -> tuple[StudentFit, float | None, float]:
+        t0 = time.perf_counter()
+        assert self._anchor_emb is not None
+        classes = next(iter(knowledge.values())).classes
+        if self._eval is not None and set(classes) != set(self._eval.classes):
+            raise TransferRefused("classes_mismatch", f"teacher's classes {list(classes)[:16]} are not this node's "
+                                                      f"eval classes {list(self._eval.classes)[:16]}")
+        fit = fit_student(self.cfg.alignment, self.space, self.cfg.tau, self._anchor_emb, knowledge=knowledge,
+                          teacher_anchors=teacher_anchors, seed=self.cfg.seed)
+        accuracy = None
+        if self._eval is not None and self._eval_emb is not None:
+            accuracy = accuracy_against(fit.predict(self._eval_emb), fit.classes, self._eval.labels,
+                                        self._eval.classes)
+        return fit, accuracy, time.perf_counter() - t0
+
+    def _better(self, record: dict[str, Any]) -> bool:
+        cur = self._adopted
+        if cur is None or cur["teacher"] == record["teacher"]:
+            return True   # the first one, or a newer version from the same teacher
+        if record["accuracy"] is None or cur["accuracy"] is None:
+            return False  # without an eval set, keep the first teacher
+        return bool(record["accuracy"] > cur["accuracy"])
+
+    def _adopt(self, fit: StudentFit, record: dict[str, Any], digest: bytes) -> None:
+        self._fit = fit
+        self._accuracy = record["accuracy"]
+        self._adopted = {**record, "digest_bytes": digest, "adopted_at_us": self.ctx.clock.wall_us()}
+        self._state = "adopted"
+        self._hello_adopted_pending = True
+        self._wake.set()
+        self.ctx.metrics.inc("adopted")
+        self.ctx.logger.info("transfer %s: adopted %s knowledge of teacher %s (accuracy %s, %d bytes)", self.name,
+                             fit.form, record["teacher"][:16], record["accuracy"], record["bytes_received"])
+
+    # ------------------------------------------------------------------------------------ persistence
+
+    def _fingerprint(self) -> str:
+        return str(self._embedder.fingerprint) if self._embedder is not None else ""
+
+    def _persist(self, record: dict[str, Any], knowledge: dict[str, Any], anchors: np.ndarray | None) -> None:
+        from safetensors.numpy import save as st_save
+
+        assert self._exp is not None
+        arrays = _knowledge_arrays(knowledge)
+        if anchors is not None:
+            arrays["teacher_anchors"] = np.ascontiguousarray(anchors, dtype=np.int8)
+        blob = st_save(arrays)
+        classes = next(iter(knowledge.values())).classes
+        doc = {
+            "format": 1, "task": self.cfg.task, "alignment": self.cfg.alignment, "classes": list(classes),
+            "space": {"seed": self.space.seed, "dim": self.space.dim, "version": self.space.version},
+            "anchor_set": self._exp.anchor_set, "anchor_hash": self._exp.anchor_hash.hex(),
+            "anchor_count": self._exp.anchor_count, "model": self.cfg.model, "model_fingerprint": self._fingerprint(),
+            "forms": sorted(knowledge),
+            "labels_by_form": {f: getattr(k, "labels", None) for f, k in knowledge.items()},
+            "received_sha256": hashlib.sha256(blob).hexdigest(), "eval_size": len(self._eval.texts) if self._eval else 0,
+            **{k: v for k, v in record.items()}, "saved_at_us": self.ctx.clock.wall_us(),
+        }
+        storage = self.ctx.storage
+        _atomic_write(storage / RECEIVED, blob)        # arrays first: the json names their hash
+        _atomic_write(storage / RESULT_JSON, json.dumps(doc, indent=1).encode())
+
+    def _restore(self) -> None:
+        """Blocking: reload what an earlier run adopted, if it still fits these settings and this model."""
+        from safetensors.numpy import load as st_load
+
+        assert self._exp is not None
+        path = self.ctx.storage / RESULT_JSON
+        if not path.exists():
+            return
+        log = self.ctx.logger
+        try:
+            doc = json.loads(path.read_text())
+            blob = (self.ctx.storage / RECEIVED).read_bytes()
+        except (OSError, ValueError) as e:
+            log.warning("transfer %s: cannot read the saved result (%s); starting fresh", self.name, e)
+            return
+        expect = {"task": self.cfg.task, "alignment": self.cfg.alignment, "anchor_hash": self._exp.anchor_hash.hex(),
+                  "model_fingerprint": self._fingerprint(),
+                  "space": {"seed": self.space.seed, "dim": self.space.dim, "version": self.space.version}}
+        stale = [k for k, v in expect.items() if doc.get(k) != v]
+        if stale or doc.get("received_sha256") != hashlib.sha256(blob).hexdigest():
+            log.info("transfer %s: saved result does not fit (%s); starting fresh", self.name,
+                     ", ".join(stale) or "arrays changed")
+            return
+        arrays = st_load(blob)
+        classes = tuple(doc["classes"])
+        labels = doc.get("labels_by_form") or {}
+        knowledge: dict[str, Any] = {}
+        if "linear.weight" in arrays:
+            knowledge["linear"] = LinearKnowledge(classes, arrays["linear.weight"], arrays["linear.bias"],
+                                                  labels.get("linear") or "gold")
+        if "prototypes" in arrays:
+            knowledge["prototypes"] = PrototypeKnowledge(classes, arrays["prototypes"], labels.get("prototypes") or "gold")
+        if "predictions" in arrays:
+            knowledge["predictions"] = PredictionKnowledge(classes, arrays["predictions"], self._exp.anchor_hash,
+                                                           labels.get("predictions") or "teacher")
+        fit, accuracy, _ = self._fit_blocking(knowledge, arrays.get("teacher_anchors"))
+        record = {k: doc.get(k) for k in ("teacher", "digest", "bytes_received", "packets", "fit_s", "teacher_model",
+                                          "form", "labels")}
+        record["accuracy"] = accuracy
+        self._fit, self._accuracy = fit, accuracy
+        digest = bytes.fromhex(doc["digest"])
+        self._adopted = {**record, "digest_bytes": digest, "adopted_at_us": doc.get("saved_at_us"), "restored": True}
+        self._done.add((bytes.fromhex(doc["teacher"]), digest))
+        self._hello_adopted_pending = True
+        self._state = "adopted"
+        log.info("transfer %s: restored knowledge of teacher %s from %s", self.name, doc["teacher"][:16], path)
+
+    # ------------------------------------------------------------------------------------ serving
+
+    async def classify(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Class scores for `texts` from the adopted knowledge (student) or the probe (teacher)."""
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ControlError("texts must be a non-empty list of strings")
+        if len(texts) > MAX_CLASSIFY_TEXTS or any(len(t) > MAX_CLASSIFY_CHARS for t in texts):
+            raise ControlError(f"at most {MAX_CLASSIFY_TEXTS} texts of at most {MAX_CLASSIFY_CHARS} characters")
+        if self._fit is None and self._teacher is None:
+            raise ControlError(f"worker {self.name} cannot classify yet ({self._state}"
+                               f"{': ' + self._error if self._error else ''})")
+        scores, classes = await self.ctx.run_blocking(self._scores, list(texts))
+        self.ctx.metrics.inc("classified", len(texts))
+        labels = [classes[int(i)] for i in scores.argmax(axis=1)]
+        out = {"worker": self.name, "task": self.cfg.task, "role": self.cfg.role, "classes": list(classes),
+               "labels": labels, "scores": [[round(float(v), 6) for v in row] for row in scores],
+               "accuracy": self._accuracy}
+        if self._adopted is not None:
+            out["teacher"] = self._adopted["teacher"]
+        return out
+
+    def _scores(self, texts: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+        emb = self._embed(texts)
+        if self._fit is not None:
+            return self._fit.scores(emb), self._fit.classes
+        assert self._teacher is not None
+        return self._teacher.scores(self.space, emb, self.cfg.tau), self._teacher.linear.classes
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.cfg
+        out: dict[str, Any] = {
+            "role": cfg.role, "task": cfg.task, "topic": cfg.topic, "state": self._state, "model": cfg.model,
+            "space": {"seed": self.space.seed, "dim": self.space.dim, "version": self.space.version,
+                      "id": self.space.space_id.hex()},
+            "accuracy": self._accuracy, "eval_size": len(self._eval.texts) if self._eval else 0,
+            "refused": dict(self._refusals), "last_refusal": self._last_refusal,
+        }
+        if self._error:
+            out["error"] = self._error
+        if self._exp is not None:
+            out["anchors"] = {"name": self._exp.anchor_set, "count": self._exp.anchor_count,
+                              "hash": self._exp.anchor_hash.hex()}
+        if cfg.role == "teacher":
+            out.update(knowledge=list(cfg.knowledge), rounds=self._rounds, students=len(self._students),
+                       digest=self._digest.hex() if self._digest else None, train_size=self._train_size,
+                       train_accuracy=self._teacher.train_accuracy if self._teacher else None,
+                       send_anchors=cfg.send_anchors)
+            return out
+        out["alignment"] = cfg.alignment
+        if self._fit_error:
+            out["last_fit_error"] = self._fit_error
+        out["bytes_received_total"] = self.ctx.metrics.get("bytes_received") if self._ctx is not None else 0
+        if self._adopted is not None:
+            a = self._adopted
+            out.update(teacher=a["teacher"], bytes_received=a["bytes_received"], form=a["form"],
+                       labels=a["labels"], digest=a["digest"], teacher_model=a["teacher_model"],
+                       adopted_at_us=a["adopted_at_us"], restored=bool(a.get("restored")))
+        out["candidates"] = list(self._candidates.values())
+        out["assembling"] = [{"teacher": t.hex(), **asm.progress()} for (t, _), asm in self._assemblies.items()]
+        return out

@@ -1,0 +1,154 @@
+"""The transfer worker's learning, as plain blocking functions (the worker runs them off the event loop).
+
+Teacher: embed anchors and its labeled set, centre with the mean of its own anchor embeddings (a
+local, unlabeled statistic), encode both as ternary vectors of the shared space, train a probe on the
+labeled vectors, and derive every knowledge form from it: the linear probe itself, class prototypes,
+and its (soft or hard) predictions on the anchors.
+
+Student, one of two routes (`alignment`):
+- "anchor-labels": no map at all. The student encodes the anchors in the shared space with its own
+  model and fits its own ridge probe onto the teacher's predictions for them (soft scores by
+  regression, hard labels by a ridge classifier). Needs only the predictions (N x C numbers).
+- a map ("ridge", "cca", "procrustes", "contrastive", "none"): fitted from the student's anchor
+  embeddings to the teacher's *ternary* anchor vectors as received (wire-honest); a new text is
+  mapped, ternarised and scored by the teacher's linear probe (or prototypes).
+This mirrors benches/bench_transfer.py (arms "anchors-soft" / "anchors-teacher" and the map methods).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..hdc.align import Aligner, fit_wire_honest, gcv_ridge
+from ..hdc.knowledge import (
+    LinearKnowledge,
+    PredictionKnowledge,
+    PrototypeKnowledge,
+    fit_ridge_classifier,
+    softmax,
+)
+from ..hdc.space import Space, cosine, ternarize
+
+__all__ = [
+    "ALIGNMENTS",
+    "ANCHOR_LABELS",
+    "MAP_METHODS",
+    "StudentFit",
+    "TeacherFit",
+    "accuracy_against",
+    "fit_student",
+    "fit_teacher",
+]
+
+ANCHOR_LABELS = "anchor-labels"
+MAP_METHODS = ("ridge", "cca", "procrustes", "contrastive", "none")
+ALIGNMENTS = (ANCHOR_LABELS, *MAP_METHODS)
+
+
+@dataclass(frozen=True)
+class TeacherFit:
+    center: np.ndarray                 # (d,) mean of the teacher's anchor embeddings
+    anchor_trits: np.ndarray           # (N, D) int8
+    linear: LinearKnowledge
+    forms: dict[str, Any]              # form name -> knowledge object to publish
+    train_accuracy: float
+
+    def scores(self, space: Space, emb: np.ndarray, tau: float) -> np.ndarray:
+        return self.linear.logits(space.encode(emb, center=self.center, tau=tau))
+
+
+def fit_teacher(space: Space, tau: float, anchor_emb: np.ndarray, anchor_hash: bytes, train_emb: np.ndarray,
+                labels: np.ndarray, classes: Sequence[str], *, probe: str, forms: Sequence[str],
+                predictions: str, seed: int = 0) -> TeacherFit:
+    center = anchor_emb.mean(axis=0)
+    anchors = space.encode(anchor_emb, center=center, tau=tau)
+    train = space.encode(train_emb, center=center, tau=tau)
+    linear = LinearKnowledge.fit(train, labels, classes, labels_kind="gold", probe=probe, seed=seed)
+    out: dict[str, Any] = {}
+    for form in forms:
+        if form == "linear":
+            out[form] = linear
+        elif form == "prototypes":
+            out[form] = PrototypeKnowledge.fit(train, labels, classes, labels_kind="gold")
+        elif form == "predictions":
+            logits = linear.logits(anchors)
+            preds = softmax(logits) if predictions == "soft" else logits.argmax(axis=1).astype(np.int32)
+            # the labels behind these are the teacher's own predictions, whatever trained the probe
+            out[form] = PredictionKnowledge(tuple(classes), preds, anchor_hash, labels="teacher")
+        else:
+            raise ValueError(f"unknown knowledge form {form!r}")
+    acc = float((linear.predict(train) == labels).mean()) if len(labels) else float("nan")
+    return TeacherFit(center, anchors, linear, out, acc)
+
+
+@dataclass
+class StudentFit:
+    """A student's classifier: raw embeddings of its own model in, class scores out."""
+
+    alignment: str
+    classes: tuple[str, ...]
+    form: str                           # the teacher knowledge it uses
+    space: Space
+    tau: float
+    center: np.ndarray | None = None    # anchor-labels: the student's own anchor mean
+    weight: np.ndarray | None = None    # (C, D): anchor-labels probe, or the teacher's linear probe
+    bias: np.ndarray | None = None
+    prototypes: np.ndarray | None = None
+    aligner: Aligner | None = None
+
+    def scores(self, emb: np.ndarray) -> np.ndarray:
+        if self.alignment == ANCHOR_LABELS:
+            x = self.space.encode(emb, center=self.center, tau=self.tau)
+        else:
+            assert self.aligner is not None
+            x = ternarize(self.aligner.transform(emb), self.tau)
+        if self.prototypes is not None:
+            return cosine(x, self.prototypes)
+        assert self.weight is not None and self.bias is not None
+        return np.asarray(x, dtype=np.float32) @ self.weight.T + self.bias
+
+    def predict(self, emb: np.ndarray) -> np.ndarray:
+        return self.scores(emb).argmax(axis=1)
+
+
+def fit_student(alignment: str, space: Space, tau: float, anchor_emb: np.ndarray, *,
+                knowledge: dict[str, Any], teacher_anchors: np.ndarray | None, seed: int = 0) -> StudentFit:
+    """Fit the student's classifier from what one teacher sent (`knowledge`: form -> hdc knowledge)."""
+    if alignment == ANCHOR_LABELS:
+        pk = knowledge.get("predictions")
+        if not isinstance(pk, PredictionKnowledge):
+            raise ValueError("anchor-labels needs the teacher's predictions on the anchors")
+        center = anchor_emb.mean(axis=0)
+        x = space.encode(anchor_emb, center=center, tau=tau).astype(np.float64)
+        if pk.soft:
+            w, x_mean, y_mean, _ = gcv_ridge(x, pk.predictions.astype(np.float64))
+            weight = w.T.astype(np.float32)
+            bias = (y_mean - x_mean @ w).astype(np.float32)
+        else:
+            weight, bias, _ = fit_ridge_classifier(x, pk.hard_labels(), len(pk.classes))
+        return StudentFit(alignment, pk.classes, "predictions", space, tau, center=center, weight=weight, bias=bias)
+    if alignment not in MAP_METHODS:
+        raise ValueError(f"unknown alignment {alignment!r}; known: {', '.join(ALIGNMENTS)}")
+    if teacher_anchors is None:
+        raise ValueError(f"alignment {alignment!r} needs the teacher's anchor vectors")
+    params = {"seed": seed} if alignment == "contrastive" else {}
+    aligner = fit_wire_honest(alignment, anchor_emb, teacher_anchors, **params)
+    lk = knowledge.get("linear")
+    if isinstance(lk, LinearKnowledge):
+        return StudentFit(alignment, lk.classes, "linear", space, tau, weight=lk.weight, bias=lk.bias, aligner=aligner)
+    pr = knowledge.get("prototypes")
+    if isinstance(pr, PrototypeKnowledge):
+        return StudentFit(alignment, pr.classes, "prototypes", space, tau, prototypes=pr.prototypes, aligner=aligner)
+    raise ValueError(f"alignment {alignment!r} needs the teacher's linear probe or prototypes")
+
+
+def accuracy_against(predicted: np.ndarray, model_classes: Sequence[str], gold: np.ndarray,
+                     gold_classes: Sequence[str]) -> float:
+    """Accuracy of class ids in `model_classes` order against gold ids in `gold_classes` order (by name)."""
+    index = {name: i for i, name in enumerate(gold_classes)}
+    mapped = np.array([index.get(model_classes[int(p)], -1) for p in predicted], dtype=np.int64)
+    return float((mapped == np.asarray(gold)).mean()) if len(gold) else float("nan")
