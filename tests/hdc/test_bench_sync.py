@@ -1,0 +1,47 @@
+"""Smoke test of benches/bench_sync.py --quick: tiny random BERT, synthetic data, real packets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+BENCH = Path(__file__).resolve().parents[2] / "benches" / "bench_sync.py"
+
+
+def test_quick_mode_runs_every_arm_and_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("bench_sync", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_sync", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    out = tmp_path / "sync.json"
+    result = bench.main(["--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert saved["config"]["budget"] == "quick" and saved["summary"] == result["summary"]
+    cfg = saved["config"]
+    arms = {(r["setting"], r["arm"]) for r in saved["runs"]}
+    assert arms == {(s, a) for s in cfg["settings"] for a in ["local", "central"] + [f"sync:{c}" for c in cfg["codecs"]]}
+    rounds = -(-cfg["steps"] // cfg["sync_every"])
+    by_arm = {r["arm"]: r for r in saved["runs"] if r["setting"] == "iid"}
+    for arm, r in by_arm.items():
+        assert 0.0 <= r["acc"] <= 1.0
+        if arm.startswith("sync:"):
+            assert len(r["rounds"]) == rounds
+            assert all(rd["bytes_per_node"] > 0 for rd in r["rounds"])
+    fp32 = by_arm["sync:fp32"]["bytes_per_round_per_node"]
+    # an fp32 packet carries at least 4 bytes per trainable value; ternary far fewer
+    assert fp32 > 4 * saved["trainable_values"]
+    assert by_arm["sync:ternary-ef"]["bytes_per_round_per_node"] < fp32 / 2
+    assert by_arm["sync:ternary-ef"]["rounds"][-1]["residual_norm"] > 0
+    assert by_arm["sync:ternary"]["rounds"][-1]["residual_norm"] == 0
+    rows = {(r["setting"], r["arm"]): r for r in saved["summary"]}
+    assert rows[("iid", "sync:fp32")]["ratio_vs_fp32_packet"] == pytest.approx(1.0)
+    assert rows[("iid", "sync:ternary-ef")]["ratio_vs_fp32_packet"] > 2
