@@ -93,6 +93,8 @@ class Node:
     def __init__(self, config: Config, identity: NodeIdentity, *, transport: Transport | None = None,
                  clock: Clock = REAL_CLOCK, capture: Path | None = None, rng: random.Random | None = None) -> None:
         self.config = config
+        # Relative paths in worker settings resolve against node.toml's directory, like the rest of it.
+        self._config_dir = config.source.parent if config.source is not None else Path.cwd()
         self.identity = identity
         self.clock = clock
         self.node_id: bytes = identity.node_id
@@ -508,7 +510,7 @@ class Node:
             entry = _WorkerEntry(wc.name, wc.type)
             self._workers.append(entry)
             try:
-                entry.worker = load_worker_class(wc.type)(wc.name, wc.settings)
+                entry.worker = load_worker_class(wc.type)(wc.name, wc.settings, base_dir=self._config_dir)
                 storage = self.config.node.data_dir / "workers" / wc.name
                 storage.mkdir(parents=True, exist_ok=True)
                 ctx = WorkerContext(node_id=self.node_id, node_name=self.name, storage=storage,

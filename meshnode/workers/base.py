@@ -71,9 +71,12 @@ class Worker(abc.ABC):
 
     type_name: ClassVar[str]
 
-    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
         self.name = name
         self.settings = dict(settings)
+        # Relative paths in settings mean "next to node.toml", as every other path in that file does;
+        # subclasses that override __init__ accept `base_dir` and pass it on.
+        self.base_dir = (base_dir if base_dir is not None else Path.cwd()).resolve()
 
     @abc.abstractmethod
     async def start(self, ctx: WorkerContext) -> None:

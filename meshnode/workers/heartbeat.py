@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +22,7 @@ class HeartbeatWorker(Worker):
     type_name: ClassVar[str] = "heartbeat-vectors"
     defaults: ClassVar[dict[str, Any]] = {"interval": 5.0, "dim": 256, "topic": "heartbeat", "seed": 0}
 
-    def __init__(self, name: str, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, settings: dict[str, Any], *, base_dir: Path | None = None) -> None:
         unknown = set(settings) - set(self.defaults)
         if unknown:
             raise WorkerSettingsError(f"workers.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -31,7 +32,7 @@ class HeartbeatWorker(Worker):
                 raise WorkerSettingsError(f"workers.{name}.{key}: expected {kind}, got {type(merged[key]).__name__}")
         if merged["interval"] <= 0 or not 0 < merged["dim"] <= 65536:
             raise WorkerSettingsError(f"workers.{name}: interval must be > 0 and dim in 1..65536")
-        super().__init__(name, merged)
+        super().__init__(name, merged, base_dir=base_dir)
         self._task: asyncio.Task[None] | None = None
         self._heard: Counter[str] = Counter()
         self._sent = 0

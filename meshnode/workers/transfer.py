@@ -127,9 +127,9 @@ def _knowledge_arrays(knowledge: Mapping[str, Any]) -> dict[str, np.ndarray]:
 class TransferWorker(Worker):
     type_name: ClassVar[str] = "transfer"
 
-    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
-        super().__init__(name, settings)
-        self.cfg: TransferSettings = parse_settings(name, settings)
+    def __init__(self, name: str, settings: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
+        super().__init__(name, settings, base_dir=base_dir)
+        self.cfg: TransferSettings = parse_settings(name, settings, base_dir=self.base_dir)
         self.space = Space(seed=self.cfg.space_seed, dim=self.cfg.dim, version=self.cfg.space_version)
         self._ctx: WorkerContext | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -411,8 +411,11 @@ class TransferWorker(Worker):
                 self.ctx.metrics.inc("dropped.too_many_teachers")
             asm = self._assemblies[key] = Assembly(origin, msg.digest, self._exp.anchor_count, self.space.dim,
                                                    self.ctx.clock.monotonic())
-        asm.bytes += len(packet.raw)
-        asm.packets += 1
+        if isinstance(msg, KnowledgeOffer) or self.cfg.needs_anchors:
+            # What this student's route costs: anchor chunks meant for other students (gossip brings
+            # them to every subscriber) are counted in the metric below but not charged to the route.
+            asm.bytes += len(packet.raw)
+            asm.packets += 1
         asm.updated = self.ctx.clock.monotonic()
         self.ctx.metrics.inc("bytes_received", len(packet.raw))
         if isinstance(msg, KnowledgeOffer):

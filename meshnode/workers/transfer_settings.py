@@ -2,7 +2,7 @@
 
 One table lists every key: its type, default (REQUIRED when there is none), which role may use it
 and what it means; the parser and docs/WORKERS.md follow it. Relative paths are resolved against
-the daemon's working directory (give absolute paths in a node.toml for a service).
+the directory of the node.toml (`base_dir`), like every other path in that file.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _choice(worker: str, key: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def parse_settings(worker: str, raw: Mapping[str, Any]) -> TransferSettings:
+def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None = None) -> TransferSettings:
     unknown = sorted(set(raw) - set(SETTINGS))
     if unknown:
         raise WorkerSettingsError(f"workers.{worker}.settings: unknown key(s) {', '.join(unknown)} "
@@ -215,7 +215,7 @@ def parse_settings(worker: str, raw: Mapping[str, Any]) -> TransferSettings:
     values["tau"] = float(values["tau"])
     for key in ("anchors", "eval_data", "cache_dir", "train_data"):
         if values[key] is not None:
-            values[key] = Path(values[key]).expanduser().absolute()
+            values[key] = ((base_dir or Path.cwd()) / Path(values[key]).expanduser()).absolute()
     names = {f.name for f in dataclasses.fields(TransferSettings)}
     assert names == set(values), names ^ set(values)
     return TransferSettings(**values)
