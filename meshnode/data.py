@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NLI_SEPARATOR", "DataError", "LabeledTexts", "load_hub", "load_split", "read_jsonl"]
+__all__ = ["NLI_SEPARATOR", "DataError", "LabeledTexts", "load_hub", "load_labeled", "load_split", "read_jsonl"]
 
 NLI_SEPARATOR = " [SEP] "
 MAX_LINE_BYTES = 1 << 20
@@ -122,6 +122,26 @@ def load_split(root: str | Path, split: str, *, max_rows: int = MAX_ROWS) -> Lab
                 raise DataError(f"{path}: labels outside 0..{len(classes) - 1}")
             return LabeledTexts(tuple(texts), arr, classes)
     raise DataError(f"{base} has no split {split!r} (.jsonl.gz or .jsonl)")
+
+
+def load_labeled(path: str | Path, split: str, *, classes: Sequence[str] | None = None, limit: int = MAX_ROWS,
+                 seed: int = 0) -> LabeledTexts:
+    """A worker's labeled data: a dataset directory (its `split`, class names from labels.json, which
+    must equal `classes` when both are given) or a single jsonl(.gz) file (class names from
+    `classes`, else "0", "1", ...). More than `limit` rows: a sample drawn with `seed`."""
+    p = Path(path)
+    if p.is_dir():
+        data = load_split(p, split)
+        if classes is not None and tuple(classes) != data.classes:
+            raise DataError(f"{p}: labels.json names {list(data.classes)}, settings.classes {list(classes)}")
+    else:
+        texts, labels = read_jsonl(p)
+        arr = np.asarray(labels, dtype=np.int64)
+        names = tuple(classes) if classes is not None else tuple(str(i) for i in range(int(arr.max()) + 1 if arr.size else 0))
+        if arr.size and (arr.min() < 0 or arr.max() >= len(names)):
+            raise DataError(f"{p}: labels outside 0..{len(names) - 1}")
+        data = LabeledTexts(tuple(texts), arr, names)
+    return data.sample(limit, seed) if len(data) > limit else data
 
 
 def load_hub(name: str, split: str, *, text_key: str = "text", label_key: str = "label",

@@ -28,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "OFFLINE_MODELS",
+    "checkpoint_path",
     "Embedder",
     "EmbeddingCache",
     "ModelSource",
@@ -130,17 +131,20 @@ def _converted_gguf(path: Path, cache_dir: Path) -> Path:
     return out
 
 
+def checkpoint_path(spec: str, *, cache_dir: Path | None = None) -> tuple[Path | str, ModelSource]:
+    """What `from_pretrained` should load for `spec` (a GGUF file is converted once and cached)."""
+    source = resolve(spec)
+    if source.gguf:
+        return _converted_gguf(source.path, cache_dir or default_cache_dir()), source
+    return (spec if source.hub else source.path), source
+
+
 def load_model(spec: str, *, cache_dir: Path | None = None, device: str | None = None) -> tuple[Any, Any, ModelSource]:
     """(model, tokenizer, source) with the model in eval mode on `device` (CUDA when present)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    source = resolve(spec)
-    path: Path | str = source.path
-    if source.gguf:
-        path = _converted_gguf(source.path, cache_dir or default_cache_dir())
-    if source.hub:
-        path = spec
+    path, source = checkpoint_path(spec, cache_dir=cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path, dtype=torch.float32)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -93,9 +93,10 @@ class Worker(abc.ABC):
 
 def builtin_workers() -> dict[str, type[Worker]]:
     from .heartbeat import HeartbeatWorker  # local import: built-ins load only when asked for
+    from .trainer import TrainerWorker
     from .transfer import TransferWorker
 
-    return {HeartbeatWorker.type_name: HeartbeatWorker, TransferWorker.type_name: TransferWorker}
+    return {cls.type_name: cls for cls in (HeartbeatWorker, TrainerWorker, TransferWorker)}
 
 
 def load_worker_class(type_name: str) -> type[Worker]:

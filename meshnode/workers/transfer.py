@@ -29,13 +29,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..control import ControlError
+from ..data import LabeledTexts
 from ..hdc.knowledge import LinearKnowledge, PredictionKnowledge, PrototypeKnowledge
 from ..hdc.space import Space
 from ..wire.packet import Knowledge, Packet, Vectors
@@ -71,36 +71,13 @@ _MODEL_LOAD_LOCK = threading.Lock()
 RECEIVED = "received.safetensors"
 
 
-@dataclass(frozen=True)
-class _Labeled:
-    texts: tuple[str, ...]
-    labels: np.ndarray
-    classes: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-
-def _load_labeled(path: Path, split: str, classes: tuple[str, ...] | None, limit: int, seed: int) -> _Labeled:
-    from ..data import DataError, LabeledTexts, load_split, read_jsonl
+def _load_labeled(path: Path, split: str, classes: tuple[str, ...] | None, limit: int, seed: int) -> LabeledTexts:
+    from ..data import DataError, load_labeled
 
     try:
-        if path.is_dir():
-            data = load_split(path, split)
-        else:
-            texts, labels = read_jsonl(path)
-            arr = np.asarray(labels, dtype=np.int64)
-            names = classes or tuple(str(i) for i in range(int(arr.max()) + 1 if arr.size else 0))
-            if arr.size and (arr.min() < 0 or arr.max() >= len(names)):
-                raise DataError(f"{path}: labels outside 0..{len(names) - 1}")
-            data = LabeledTexts(tuple(texts), arr, tuple(names))
+        return load_labeled(path, split, classes=classes, limit=limit, seed=seed)
     except (OSError, DataError) as e:
         raise ValueError(f"cannot load labeled data {path}: {e}") from None
-    if classes is not None and path.is_dir() and tuple(classes) != data.classes:
-        raise ValueError(f"{path}: labels.json names {list(data.classes)}, settings.classes {list(classes)}")
-    if len(data) > limit:
-        data = data.sample(limit, seed)
-    return _Labeled(data.texts, data.labels, data.classes)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -138,7 +115,7 @@ class TransferWorker(Worker):
         self._exp: Expectation | None = None
         self._embedder: Any = None
         self._embed_lock = threading.Lock()
-        self._eval: _Labeled | None = None
+        self._eval: LabeledTexts | None = None
         self._eval_emb: np.ndarray | None = None
         self._anchor_emb: np.ndarray | None = None
         self._accuracy: float | None = None

@@ -51,42 +51,12 @@ from meshnode.workers.transfer_protocol import (  # noqa: E402
 from meshnode.workers.transfer_settings import parse_settings  # noqa: E402
 
 from .._mesh import aio, node_config, wait_for  # noqa: E402
+from ._text import CLASSES, synthetic, tokenizer, write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
-FILLER = "the a movie film was plot actors scene story it and of to in with this that one two very".split()
-KEYWORDS = {"pos": "good great fun lovely superb".split(), "neg": "bad awful boring dull poor".split()}
-CLASSES = ("pos", "neg")
 DIM = 2048
 CHANCE_MARGIN = 0.15   # an untrained baseline stays within this of 0.5; a transfer must clear 0.8
-
-
-def synthetic(n: int, seed: int) -> tuple[list[str], list[int]]:
-    rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for _ in range(n):
-        y = int(rng.integers(2))
-        words = list(rng.choice(FILLER, size=int(rng.integers(4, 9))))
-        for _ in range(int(rng.integers(1, 3))):
-            words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(KEYWORDS[CLASSES[y]])))
-        texts.append(" ".join(words))
-        labels.append(y)
-    return texts, labels
-
-
-def _tokenizer(kind: str) -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = FILLER + KEYWORDS["pos"] + KEYWORDS["neg"]
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] if kind == "bert" else ["<unk>", "<eos>"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token=specials[1]
-                                     if kind == "bert" else "<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if kind == "bert":
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                       cls_token="[CLS]", sep_token="[SEP]")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
 
 
 def _model(kind: str, seed: int) -> Any:
@@ -104,14 +74,6 @@ def _model(kind: str, seed: int) -> Any:
     return transformers.AutoModel.from_config(cfg).eval()
 
 
-def _write_dataset(directory: Path, split: str, texts: list[str], labels: list[int]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "labels.json").write_text(json.dumps({str(i): c for i, c in enumerate(CLASSES)}))
-    with open(directory / f"{split}.jsonl", "w") as f:
-        f.writelines(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels))
-    return directory
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("transfer")
@@ -120,18 +82,18 @@ def world(tmp_path_factory) -> dict[str, Any]:
     models = {}
     for kind, seed in (("bert", 0), ("gpt2", 1), ("llama", 2)):
         _model(kind, seed).save_pretrained(root / "models" / kind)
-        _tokenizer(kind).save_pretrained(root / "models" / kind)
+        tokenizer(kind).save_pretrained(root / "models" / kind)
         models[kind] = str(root / "models" / kind)
     anchors, _ = synthetic(200, 2)
     (root / "anchors.txt").write_text("\n".join(anchors) + "\n")
     # a participant whose anchor file differs in one text
     (root / "anchors-other.txt").write_text("\n".join(["the plot"] + anchors[1:]) + "\n")
     train_texts, train_labels = synthetic(300, 1)
-    train = _write_dataset(root / "train", "train", train_texts, train_labels)
+    train = write_dataset(root / "train", "train", train_texts, train_labels)
     # a teacher whose labels carry no information about the texts
-    shuffled = _write_dataset(root / "train-shuffled", "train", train_texts,
+    shuffled = write_dataset(root / "train-shuffled", "train", train_texts,
                               [int(y) for y in np.random.default_rng(0).permutation(train_labels)])
-    evaluation = _write_dataset(root / "eval", "test", *synthetic(300, 3))
+    evaluation = write_dataset(root / "eval", "test", *synthetic(300, 3))
     return {"root": root, "ids": ids, "models": models, "anchors": root / "anchors.txt",
             "anchors_other": root / "anchors-other.txt", "train": train, "train_shuffled": shuffled,
             "eval": evaluation,

@@ -1,0 +1,176 @@
+"""The learning side of the trainer worker: a base model with a LoRA adapter (peft) for sequence
+classification, trained on this node's data. Everything here blocks; the worker calls it through
+`run_blocking`, one call at a time.
+
+The *adapter* is every trainable tensor (LoRA A/B matrices and the classifier head, which peft keeps
+trainable as `modules_to_save`), named relative to the adapter so that every node agrees on the
+names. Its initial values come from `seed` alone, so nodes with the same settings start equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..data import DataError, LabeledTexts, load_labeled
+from .trainer_settings import TrainerSettings
+
+__all__ = ["HEAD_MODULES", "LoraModel", "wire_name"]
+
+# The classification heads transformers puts on encoders ("classifier") and decoders ("score"):
+# trained and synced with the adapter, left out of the base model's fingerprint.
+HEAD_MODULES = ("classifier", "score")
+# transformers imports model classes lazily; two threads doing it at once can fail (see transfer.py)
+_LOAD_LOCK = threading.Lock()
+
+
+def wire_name(peft_name: str) -> str:
+    """peft's parameter name relative to the adapter (what every node agrees on)."""
+    n = peft_name.removeprefix("base_model.model.")
+    return n.replace(".modules_to_save.default", "").replace(".default", "")
+
+
+def _load(path: Any, split: str, cfg: TrainerSettings, limit: int, what: str) -> LabeledTexts:
+    try:
+        return load_labeled(path, split, classes=cfg.classes, limit=limit, seed=cfg.seed)
+    except (OSError, DataError) as e:
+        raise ValueError(f"cannot load the {what} data {path}: {e}") from None
+
+
+def base_fingerprint(model: Any, tokenizer: Any, max_length: int) -> str:
+    """Hex SHA-256 of the frozen part of the model: config, weights (heads excluded), tokenizer."""
+    h = hashlib.sha256(b"meshnode/trainer/base/v1\x00")
+    config = model.config.to_dict()
+    for k in ("id2label", "label2id", "num_labels", "_name_or_path", "transformers_version", "architectures",
+              "problem_type", "pad_token_id"):
+        config.pop(k, None)
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.split(".")[0] in HEAD_MODULES:
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(str(max_length).encode())
+    return h.hexdigest()
+
+
+class LoraModel:
+    """Base model + LoRA adapter, local data, optimizer. Not thread-safe: one caller at a time."""
+
+    def __init__(self, cfg: TrainerSettings, *, node_id: bytes) -> None:
+        import torch
+        from peft import LoraConfig, TaskType, get_peft_model
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from ..models import checkpoint_path, default_cache_dir
+
+        self.torch = torch
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.train_data = _load(cfg.train_data, cfg.train_split, cfg, cfg.max_train, "training")
+        if len(self.train_data) == 0:
+            raise ValueError(f"{cfg.train_data}: no training rows")
+        self.classes = self.train_data.classes
+        self.eval_data: LabeledTexts | None = None
+        if cfg.eval_data is not None:
+            self.eval_data = _load(cfg.eval_data, cfg.eval_split, cfg, cfg.max_eval, "eval")
+            if self.eval_data.classes != self.classes:
+                raise ValueError(f"eval classes {list(self.eval_data.classes)} differ from the training classes "
+                                 f"{list(self.classes)}")
+        path, self.source = checkpoint_path(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir())
+        self.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        with _LOAD_LOCK:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            torch.manual_seed(cfg.seed)   # the head is initialised from the global RNG: same on every node
+            base = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=len(self.classes), dtype=torch.float32,
+                id2label=dict(enumerate(self.classes)), label2id={c: i for i, c in enumerate(self.classes)})
+        if self.tokenizer.pad_token is None:   # decoders: pad with EOS, and tell the head where sequences end
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = self.tokenizer.pad_token_id
+        self.fingerprint = base_fingerprint(base, self.tokenizer, cfg.max_length)
+        self.lora_config = {"r": cfg.lora_rank, "alpha": cfg.lora_alpha,
+                            "targets": ",".join(cfg.lora_targets) if cfg.lora_targets else "default",
+                            "classes": len(self.classes)}
+        lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                          target_modules=list(cfg.lora_targets) if cfg.lora_targets else None)
+        torch.manual_seed(cfg.seed)
+        try:
+            self.model = get_peft_model(base, lora).to(self.device)
+        except ValueError as e:   # e.g. target modules that this architecture does not have
+            raise ValueError(f"cannot put a LoRA adapter on {cfg.model}: {e}") from None
+        self.model.train()
+        self.params = {wire_name(n): p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, weight_decay=0.0)
+        self.rng = np.random.default_rng([cfg.seed, *node_id[:8]])
+        self.order: list[int] = []
+        self.steps = 0
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def _batch(self, texts: list[str]) -> dict[str, Any]:
+        enc = self.tokenizer(texts, truncation=True, max_length=self.cfg.max_length, padding=True,
+                             return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def train(self, steps: int) -> float:
+        """`steps` AdamW steps on shuffled local batches; the mean training loss."""
+        torch, data, bs = self.torch, self.train_data, self.cfg.batch_size
+        losses = []
+        for _ in range(steps):
+            if len(self.order) < min(bs, len(data)):
+                self.order = [int(i) for i in self.rng.permutation(len(data))]
+            take, self.order = self.order[:bs], self.order[bs:]
+            batch = self._batch([data.texts[i] for i in take])
+            labels = torch.as_tensor(data.labels[take], device=self.device)
+            out = self.model(**batch, labels=labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.optimizer.step()
+            losses.append(float(out.loss.detach()))
+            self.steps += 1
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def adapter(self) -> dict[str, np.ndarray]:
+        """The adapter's tensors as float32 numpy copies."""
+        return {n: p.detach().float().cpu().numpy().copy() for n, p in self.params.items()}
+
+    def load(self, tensors: Mapping[str, np.ndarray]) -> None:
+        torch = self.torch
+        if set(tensors) != set(self.params):
+            raise ValueError("the tensors are not this adapter's")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(torch.from_numpy(np.ascontiguousarray(tensors[n])).to(p.device, p.dtype))
+
+    def predict(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        """Class probabilities of `texts` (eval mode, no gradients)."""
+        torch = self.torch
+        self.model.eval()
+        out = []
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(texts), batch):
+                    logits = self.model(**self._batch(texts[i: i + batch])).logits
+                    out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        finally:
+            self.model.train()
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def evaluate(self) -> float | None:
+        if self.eval_data is None or len(self.eval_data) == 0:
+            return None
+        order = sorted(range(len(self.eval_data)), key=lambda i: len(self.eval_data.texts[i]))  # less padding
+        probs = self.predict([self.eval_data.texts[i] for i in order])
+        return float((probs.argmax(axis=1) == self.eval_data.labels[order]).mean())

@@ -1,0 +1,193 @@
+"""The trainer worker's settings (`[workers.settings]` of a worker with type "trainer"), checked up front.
+
+One table lists every key: its type, default (REQUIRED when there is none) and meaning; the parser
+and docs/WORKERS.md follow it. Relative paths resolve against the directory of node.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..hdc.delta import MAX_BLOCK
+from .base import WorkerSettingsError
+
+__all__ = ["CODECS", "SETTINGS", "TrainerSettings", "parse_settings"]
+
+REQUIRED = object()
+MAX_CHUNK_BYTES = 4 << 20
+# Arm names as in benches/bench_sync.py: a wire codec, "-ef" for error feedback.
+CODECS = ("fp32", "fp16", "int8", "ternary", "ternary-ef", "ternary-rht", "ternary-rht-ef")
+
+
+class _Key(NamedTuple):
+    types: tuple[type, ...]
+    default: Any
+    doc: str
+
+
+# Default codec ternary-ef with block 256: in benches/results/sync.json it sent 15-18x fewer bytes
+# per round than fp32 and closed most of the gap fp32 sync closes (docs/RESULTS.md, "LoRA sync").
+SETTINGS: dict[str, _Key] = {
+    "task": _Key((str,), REQUIRED, "Task name; nodes sync only with nodes of the same task, base model and adapter "
+                 "schema (topic `trainer/<task>`)."),
+    "model": _Key((str,), REQUIRED, "Base model: hub id, local checkpoint directory or offline package (minilm)."),
+    "train_data": _Key((str,), REQUIRED, "This node's labeled training data: dataset directory or jsonl(.gz) file."),
+    "train_split": _Key((str,), "train", "Split of train_data when it is a directory."),
+    "eval_data": _Key((str,), None, "Labeled eval set (directory or jsonl) for the accuracy reported each round."),
+    "eval_split": _Key((str,), "dev", "Split of eval_data when it is a directory."),
+    "classes": _Key((list,), None, "Class names for data files without labels.json (id order)."),
+    "max_train": _Key((int,), 100000, "Use at most this many training rows (a seeded sample)."),
+    "max_eval": _Key((int,), 2000, "Evaluate on at most this many rows (a seeded sample)."),
+    "lora_rank": _Key((int,), 8, "LoRA rank r."),
+    "lora_alpha": _Key((int, float), 16, "LoRA alpha (scaling alpha / r)."),
+    "lora_targets": _Key((list,), None, "Module names LoRA adapts (default: peft's choice for the architecture, "
+                         "e.g. query/value for BERT)."),
+    "lr": _Key((int, float), 1e-3, "AdamW learning rate."),
+    "batch_size": _Key((int,), 16, "Training batch size."),
+    "max_length": _Key((int,), 128, "Tokens per text (longer texts are truncated)."),
+    "steps_per_round": _Key((int,), 10, "Local optimizer steps between two syncs (K)."),
+    "rounds": _Key((int,), 0, "Stop training after this many merged rounds (0: train until stopped)."),
+    "codec": _Key((str,), "ternary-ef", f"Delta codec: {', '.join(CODECS)}."),
+    "block": _Key((int,), 256, "Block size of the int8 and ternary codecs (a power of two for ternary-rht)."),
+    "threshold": _Key((int, float), 0.7, "Ternary threshold, times the block's mean |x|."),
+    "density": _Key((int, float), None, "Ternary top-k: keep this fraction of each block instead of thresholding."),
+    "round_deadline": _Key((int, float), 60.0, "Seconds a node waits for the group's deltas after sending its own; "
+                           "then it merges what it has."),
+    "min_peers": _Key((int,), 0, "Peers of the group to wait for before the first round."),
+    "hello_interval": _Key((int, float), 5.0, "Seconds between announcements of this node's round to the group."),
+    "member_timeout": _Key((int, float), 30.0, "A peer not heard for this long no longer counts as a member."),
+    "join_wait": _Key((int, float), None, "Seconds to listen for the group at start before training "
+                      "(default: 2 x hello_interval)."),
+    "chunk_bytes": _Key((int,), 1 << 20, "Largest payload of one delta packet; bigger adapters go in several."),
+    "seed": _Key((int,), 0, "Seed of the adapter's initial weights (the same on every node) and of data order "
+                 "(mixed with the node id)."),
+    "device": _Key((str,), None, '"cpu" or "cuda" (default: CUDA when present).'),
+    "threads": _Key((int,), None, "torch CPU threads (default: torch's choice)."),
+    "cache_dir": _Key((str,), None, "Model conversion cache (default $MESHNODE_CACHE or ~/.cache/meshnode)."),
+}
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    task: str
+    model: str
+    train_data: Path
+    train_split: str
+    eval_data: Path | None
+    eval_split: str
+    classes: tuple[str, ...] | None
+    max_train: int
+    max_eval: int
+    lora_rank: int
+    lora_alpha: float
+    lora_targets: tuple[str, ...] | None
+    lr: float
+    batch_size: int
+    max_length: int
+    steps_per_round: int
+    rounds: int
+    codec: str
+    block: int
+    threshold: float
+    density: float | None
+    round_deadline: float
+    min_peers: int
+    hello_interval: float
+    member_timeout: float
+    join_wait: float
+    chunk_bytes: int
+    seed: int
+    device: str | None
+    threads: int | None
+    cache_dir: Path | None
+    topic: str
+
+    @property
+    def error_feedback(self) -> bool:
+        return self.codec.endswith("-ef")
+
+    @property
+    def wire_codec(self) -> str:
+        return self.codec.removesuffix("-ef")
+
+
+def _fail(worker: str, key: str, message: str) -> WorkerSettingsError:
+    return WorkerSettingsError(f"workers.{worker}.settings.{key}: {message}")
+
+
+def _names(worker: str, key: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not value or not all(isinstance(v, str) and v for v in value):
+        raise _fail(worker, key, "expected a non-empty list of non-empty strings")
+    return tuple(value)
+
+
+def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None = None) -> TrainerSettings:
+    unknown = sorted(set(raw) - set(SETTINGS))
+    if unknown:
+        raise WorkerSettingsError(f"workers.{worker}.settings: unknown key(s) {', '.join(unknown)} "
+                                  f"(known: {', '.join(SETTINGS)})")
+    values: dict[str, Any] = {}
+    for key, spec in SETTINGS.items():
+        if key not in raw:
+            if spec.default is REQUIRED:
+                raise _fail(worker, key, "required")
+            values[key] = spec.default
+            continue
+        v = raw[key]
+        if isinstance(v, bool) or not isinstance(v, spec.types):
+            names = " or ".join(t.__name__ for t in spec.types)
+            raise _fail(worker, key, f"expected {names}, got {type(v).__name__}")
+        values[key] = v
+    task = values["task"]
+    if not 1 <= len(task.encode()) <= 128 or any(c.isspace() or c == "/" for c in task):
+        raise _fail(worker, "task", "1..128 bytes, no whitespace or '/'")
+    for key in ("max_train", "max_eval", "lora_rank", "batch_size", "max_length", "steps_per_round", "block"):
+        if values[key] < 1:
+            raise _fail(worker, key, f"must be >= 1, got {values[key]}")
+    if values["threads"] is not None and values["threads"] < 1:
+        raise _fail(worker, "threads", "must be >= 1")
+    for key in ("rounds", "min_peers"):
+        if values[key] < 0:
+            raise _fail(worker, key, f"must be >= 0, got {values[key]}")
+    for key in ("lr", "lora_alpha", "round_deadline", "hello_interval", "member_timeout"):
+        if not values[key] > 0:
+            raise _fail(worker, key, f"must be > 0, got {values[key]}")
+    if values["join_wait"] is None:
+        values["join_wait"] = 2.0 * values["hello_interval"]
+    elif not values["join_wait"] >= 0:
+        raise _fail(worker, "join_wait", "must be >= 0")
+    if values["codec"] not in CODECS:
+        raise _fail(worker, "codec", f"expected one of {', '.join(CODECS)}, got {values['codec']!r}")
+    if values["block"] > MAX_BLOCK:
+        raise _fail(worker, "block", f"must be <= {MAX_BLOCK}")
+    if values["codec"].startswith("ternary-rht") and values["block"] & (values["block"] - 1):
+        raise _fail(worker, "block", "ternary-rht needs a power of two")
+    if values["density"] is not None:
+        if not values["codec"].startswith("ternary"):
+            raise _fail(worker, "density", "only for the ternary codecs")
+        if not 0 < values["density"] <= 1:
+            raise _fail(worker, "density", "must be in (0, 1]")
+        values["density"] = float(values["density"])
+    if not values["threshold"] >= 0:
+        raise _fail(worker, "threshold", "must be >= 0")
+    if not 1024 <= values["chunk_bytes"] <= MAX_CHUNK_BYTES:
+        raise _fail(worker, "chunk_bytes", f"must be in 1024..{MAX_CHUNK_BYTES}")
+    if values["device"] not in (None, "cpu", "cuda") and not str(values["device"]).startswith("cuda:"):
+        raise _fail(worker, "device", f'expected "cpu" or "cuda", got {values["device"]!r}')
+    values["classes"] = _names(worker, "classes", values["classes"])
+    values["lora_targets"] = _names(worker, "lora_targets", values["lora_targets"])
+    for key in ("lora_alpha", "lr", "threshold", "round_deadline", "hello_interval", "member_timeout", "join_wait"):
+        values[key] = float(values[key])
+    for key in ("train_data", "eval_data", "cache_dir"):
+        if values[key] is not None:
+            values[key] = ((base_dir or Path.cwd()) / Path(values[key]).expanduser()).absolute()
+    values["topic"] = f"trainer/{task}"
+    names = {f.name for f in dataclasses.fields(TrainerSettings)}
+    assert names == set(values), names ^ set(values)
+    return TrainerSettings(**values)
