@@ -1,0 +1,238 @@
+"""The trainer worker end to end: tiny random BERT + LoRA on loopback daemons.
+
+Nodes train on their own shards of a synthetic keyword task, sync their adapters every few steps and
+must end each round with bit-identical adapters (the digest in each round's record is a SHA-256 of
+the synchronised adapter's float32 bytes; the checkpoints are compared tensor by tensor too)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from safetensors.numpy import load_file  # noqa: E402
+
+from meshnode import identity as idm  # noqa: E402
+from meshnode.control import query  # noqa: E402
+from meshnode.node import Node  # noqa: E402
+from meshnode.workers.trainer import CHECKPOINT, ROUNDS_LOG  # noqa: E402
+
+from .._mesh import aio, node_config, wait_for  # noqa: E402
+from ._text import synthetic, tokenizer, write_dataset  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+NAMES = ("a", "b", "c", "d")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("trainer")
+    ca = idm.init_mesh(root / "mesh")
+    ids = {n: idm.init_node(root / "ids" / n, ca, n) for n in NAMES}
+    models = {}
+    for name, seed in (("bert", 0), ("bert-other", 1)):
+        torch.manual_seed(seed)
+        cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=64)
+        transformers.AutoModel.from_config(cfg).save_pretrained(root / "models" / name)
+        tokenizer("bert").save_pretrained(root / "models" / name)
+        models[name] = str(root / "models" / name)
+    shards = {}
+    for i, n in enumerate(NAMES):
+        shards[n] = write_dataset(root / "data" / n, "train", *synthetic(120, 10 + i))
+    evaluation = write_dataset(root / "eval", "dev", *synthetic(100, 3))
+    return {"root": root, "ids": ids, "models": models, "shards": shards, "eval": evaluation}
+
+
+def settings(world: dict[str, Any], name: str, **over: Any) -> dict[str, Any]:
+    return {"task": "keywords", "model": world["models"]["bert"], "train_data": str(world["shards"][name]),
+            "eval_data": str(world["eval"]), "lora_rank": 4, "lora_targets": ["query", "value"], "lr": 5e-3,
+            "batch_size": 8, "max_length": 16, "steps_per_round": 2, "rounds": 3, "codec": "fp32",
+            "round_deadline": 20.0, "hello_interval": 0.2, "member_timeout": 5.0, "join_wait": 0.2,
+            "device": "cpu", "threads": 1, "chunk_bytes": 4096, **over}
+
+
+def make_node(world: dict[str, Any], tmp: Path, name: str, worker: dict[str, Any], *,
+              static: list[str] | None = None, seed: int = 0) -> Node:
+    cfg = node_config(tmp / name, world["ids"][name], static=static,
+                      workers=[{"name": "lora", "type": "trainer", "settings": worker}])
+    return Node(cfg, world["ids"][name], rng=random.Random(seed))
+
+
+@contextlib.asynccontextmanager
+async def running(*nodes: Node):
+    started: list[Node] = []
+    try:
+        for n in nodes:
+            await n.start()
+            started.append(n)
+        yield nodes
+    finally:
+        await asyncio.gather(*(n.stop() for n in started))
+
+
+def wstatus(node: Node) -> dict[str, Any]:
+    (entry,) = node.workers()
+    assert entry["state"] == "running" and entry["status"]["state"] != "failed", entry
+    return entry["status"]
+
+
+def checkpoint(node: Node) -> dict[str, np.ndarray]:
+    return load_file(str(node.config.node.data_dir / "workers" / "lora" / CHECKPOINT))
+
+
+def bases(node: Node) -> dict[int, str]:
+    return {r["round"]: r["base"] for r in wstatus(node)["history"]}
+
+
+async def start_group(world, tmp, names, **over) -> list[Node]:
+    first = make_node(world, tmp, names[0], settings(world, names[0], min_peers=len(names) - 1, **over), seed=1)
+    await first.start()
+    peer = [f"127.0.0.1:{first.port}"]
+    rest = [make_node(world, tmp, n, settings(world, n, min_peers=len(names) - 1, **over), static=peer, seed=i + 2)
+            for i, n in enumerate(names[1:])]
+    for n in rest:
+        await n.start()
+    return [first, *rest]
+
+
+@aio
+async def test_two_nodes_end_every_round_with_bit_identical_fp32_adapters(world, tmp_path) -> None:
+    nodes = await start_group(world, tmp_path, ["a", "b"])
+    try:
+        await wait_for(lambda: all(wstatus(n)["state"] == "done" for n in nodes), "both nodes to finish 3 rounds",
+                       timeout=120)
+        sa, sb = (wstatus(n) for n in nodes)
+        assert sa["round"] == sb["round"] == 3
+        assert [r["merged"] for r in sa["history"]] == [2, 2, 2] == [r["merged"] for r in sb["history"]]
+        assert bases(nodes[0]) == bases(nodes[1]) and sa["base"] == sb["base"]
+        assert len(set(bases(nodes[0]).values())) == 3          # the adapter moved every round
+        ca, cb = checkpoint(nodes[0]), checkpoint(nodes[1])
+        assert set(ca) == set(cb) and any(k.startswith("adapter/") for k in ca)
+        for k in ca:
+            np.testing.assert_array_equal(ca[k], cb[k])
+        last = sa["last_round"]
+        assert last["codec"] == "fp32" and last["rel_error"] == 0.0 and 0.0 <= last["accuracy"] <= 1.0
+        assert sa["chunks"] > 1 and last["bytes_sent"] > 4 * sa["trainable"]   # fp32, several packets
+        assert last["bytes_received"] >= last["bytes_sent"] * 0.9
+        assert sa["members"].keys() == {nodes[1].identity.node_id_hex}
+        # the control API shows the same status, and the rounds are logged
+        workers = await query(nodes[0].config.control.socket, "workers")
+        assert workers[0]["status"]["base"] == sa["base"] and workers[0]["metrics"]["rounds"] == 3
+        log = (nodes[0].config.node.data_dir / "workers" / "lora" / ROUNDS_LOG).read_text().splitlines()
+        assert len(log) == 3
+    finally:
+        await asyncio.gather(*(n.stop() for n in nodes))
+
+
+@aio
+async def test_three_nodes_with_ternary_error_feedback_apply_the_same_merged_update(world, tmp_path) -> None:
+    nodes = await start_group(world, tmp_path, ["a", "b", "c"], codec="ternary-ef", block=64, rounds=3,
+                              chunk_bytes=1 << 20)
+    try:
+        await wait_for(lambda: all(wstatus(n)["state"] == "done" for n in nodes), "three nodes to finish",
+                       timeout=120)
+        statuses = [wstatus(n) for n in nodes]
+        assert all([r["merged"] for r in s["history"]] == [3, 3, 3] for s in statuses)
+        assert bases(nodes[0]) == bases(nodes[1]) == bases(nodes[2])
+        ckpts = [checkpoint(n) for n in nodes]
+        for k in (k for k in ckpts[0] if k.startswith("adapter/")):
+            np.testing.assert_array_equal(ckpts[0][k], ckpts[1][k])
+            np.testing.assert_array_equal(ckpts[0][k], ckpts[2][k])
+        # every node keeps its own error-feedback residual (what it did not send yet)
+        assert any(k.startswith("residual/") for k in ckpts[0])
+        last = statuses[0]["last_round"]
+        assert 0.0 < last["rel_error"] < 1.0
+        # one chunk of ternary data: well under a quarter of the fp32 bytes
+        assert statuses[0]["chunks"] == 1 and last["bytes_sent"] < statuses[0]["trainable"]
+    finally:
+        await asyncio.gather(*(n.stop() for n in nodes))
+
+
+@aio
+async def test_another_adapter_schema_is_refused_and_another_base_model_ignored(world, tmp_path, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    a = make_node(world, tmp_path, "a", settings(world, "a", rounds=2, join_wait=1.0), seed=1)
+    async with running(a):
+        peer = [f"127.0.0.1:{a.port}"]
+        b = make_node(world, tmp_path, "b", settings(world, "b", rounds=2, lora_rank=8, join_wait=1.0), static=peer,
+                      seed=2)
+        c = make_node(world, tmp_path, "c", settings(world, "c", rounds=2, join_wait=1.0,
+                                                     model=world["models"]["bert-other"]), static=peer, seed=3)
+        async with running(b, c):
+            await wait_for(lambda: all(wstatus(n)["state"] == "done" for n in (a, b, c))
+                           and wstatus(a)["refused"].get("schema_mismatch", 0) >= 1
+                           and wstatus(b)["refused"].get("schema_mismatch", 0) >= 1,
+                           "all to train alone, a and b refusing each other")
+            sa, sb, sc = wstatus(a), wstatus(b), wstatus(c)
+            for s in (sa, sb, sc):
+                assert [r["merged"] for r in s["history"]] == [1, 1] and s["members"] == {}
+            assert sa["group"] == sb["group"] != sc["group"] and sa["schema"] != sb["schema"]
+            assert sa["last_refusal"]["from"] == b.identity.node_id_hex
+            assert "LoRA rank" in sb["last_refusal"]["detail"]
+            assert sc["refused"] == {} and c.workers()[0]["metrics"]["ignored.other_group"] >= 1
+    refusals = [r.getMessage() for r in caplog.records if "schema_mismatch" in r.getMessage()]
+    assert len(refusals) >= 2   # in both logs, once per peer
+
+
+@aio
+async def test_a_node_stopped_mid_round_resumes_from_its_checkpoint_and_rejoins(world, tmp_path) -> None:
+    over = {"rounds": 0, "round_deadline": 1.0, "member_timeout": 1.0}
+    a, b = await start_group(world, tmp_path, ["a", "b"], **over)
+    b2 = None
+    try:
+        await wait_for(lambda: wstatus(b)["round"] >= 2 and wstatus(b)["state"] in ("training", "waiting"),
+                       "b to be inside round 2 or later")
+        await b.stop()                       # mid-round: its training or its wait is cancelled
+        saved = int(load_file_meta(b)["round"])
+        assert saved >= 2
+        await wait_for(lambda: wstatus(a)["round"] >= saved + 3, "a to go on alone")
+        alone = [r for r in wstatus(a)["history"] if r["round"] >= saved + 1]
+        assert alone and all(r["merged"] == 1 for r in alone)
+        b2 = make_node(world, tmp_path, "b", settings(world, "b", min_peers=1, **over), static=[f"127.0.0.1:{a.port}"],
+                       seed=9)
+        await b2.start()
+        await wait_for(lambda: wstatus(b2)["restored"] is not None and wstatus(b2)["catchups"] >= 1,
+                       "b to resume from its checkpoint and catch up")
+        assert wstatus(b2)["restored"]["round"] == saved
+
+        def joint() -> bool:
+            ha = {r["round"]: r for r in wstatus(a)["history"]}
+            return any(r["merged"] == 2 and ha.get(q, {}).get("merged") == 2 and ha[q]["base"] == r["base"]
+                       for q, r in ((r["round"], r) for r in wstatus(b2)["history"]))
+        await wait_for(joint, "a and b to merge a round together again, with identical adapters")
+    finally:
+        await asyncio.gather(a.stop(), *(n.stop() for n in (b2,) if n is not None))
+
+
+def load_file_meta(node: Node) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(node.config.node.data_dir / "workers" / "lora" / CHECKPOINT), framework="numpy") as f:
+        return f.metadata()
+
+
+@aio
+async def test_a_damaged_checkpoint_means_a_fresh_start_not_a_crash(world, tmp_path, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    node = make_node(world, tmp_path, "d", settings(world, "d", rounds=1))
+    storage = node.config.node.data_dir / "workers" / "lora"
+    storage.mkdir(parents=True)
+    (storage / CHECKPOINT).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + bytes(64))
+    async with running(node):
+        await wait_for(lambda: wstatus(node)["state"] == "done", "the node to train one round")
+        s = wstatus(node)
+        assert s["restored"] is None and s["round"] == 1
+    assert any("cannot restore the checkpoint" in r.getMessage() for r in caplog.records)
+    assert int(load_file_meta(node)["round"]) == 1   # and a good one replaced it
