@@ -57,7 +57,9 @@ def _text(value: Any) -> str:
 def _pairs(mapping: Any) -> str:
     if not isinstance(mapping, Mapping) or not mapping:
         return "-"
-    return "  ".join(f"{k}={_text(v)}" for k, v in mapping.items())
+    # long lists (a trainer's round history, a student's candidates) belong to --json, not a table cell
+    return "  ".join(f"{k}={_text(v) if not isinstance(v, list) or len(v) <= 3 else f'[{len(v)} items]'}"
+                     for k, v in mapping.items())
 
 
 def status_table(status: Mapping[str, Any]) -> Table:

@@ -29,8 +29,9 @@ class _Key(NamedTuple):
     doc: str
 
 
-# Default codec ternary-ef with block 256: in benches/results/sync.json it sent 15-18x fewer bytes
-# per round than fp32 and closed most of the gap fp32 sync closes (docs/RESULTS.md, "LoRA sync").
+# Default codec ternary-ef with block 256: 18.5x fewer bytes per round than fp32 in
+# benches/results/sync.json, keeping 87% of fp32 sync's gain on skewed shards (one seed; docs/WORKERS.md
+# "Which codec"); error feedback keeps the decoded sum tracking the true sum over many rounds.
 SETTINGS: dict[str, _Key] = {
     "task": _Key((str,), REQUIRED, "Task name; nodes sync only with nodes of the same task, base model and adapter "
                  "schema (topic `trainer/<task>`)."),

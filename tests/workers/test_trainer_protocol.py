@@ -243,3 +243,13 @@ def test_settings_defaults_and_relative_paths(tmp_path) -> None:
                                 "hello_interval": 2}, base_dir=tmp_path)
     assert s.train_data == tmp_path / "data" / "train.jsonl" and s.topic == "trainer/sst2"
     assert s.codec == "ternary-ef" and s.error_feedback and s.wire_codec == "ternary" and s.join_wait == 4.0
+
+
+def test_every_setting_is_documented() -> None:
+    from pathlib import Path
+
+    from meshnode.workers.trainer_settings import SETTINGS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "WORKERS.md").read_text()
+    section = text[text.index("## trainer"):text.index("## transfer")]
+    assert [k for k in SETTINGS if f"| `{k}` |" not in section] == []
