@@ -570,6 +570,43 @@ def markdown(result: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- main
 
 
+# Settings that must agree for runs to be pooled; the rest (seeds, codecs, nodes, threads) may differ.
+_SAME = ("model", "settings", "per_node", "steps", "sync_every", "batch", "lr", "max_len", "lora_rank", "skew", "layout",
+         "curve_eval")
+
+
+def merge_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """One result from several runs of one setting (e.g. seed 0 today, seeds 1-2 tomorrow). A (setting,
+    nodes, seed, arm) present twice is an error: which one is right is not this function's call."""
+    base = results[0]["config"]
+    for res, src in zip(results[1:], sources[1:]):
+        diff = [k for k in _SAME if res["config"].get(k) != base.get(k)]
+        if diff:
+            raise SystemExit(f"{src}: cannot pool with {sources[0]}: {', '.join(diff)} differ")
+    runs, seen = [], set()
+    for res, src in zip(results, sources):
+        for r in res["runs"]:
+            key = (r["setting"], r["nodes"], r["seed"], r["arm"])
+            if key in seen:
+                raise SystemExit(f"{src}: run {key} is in two files")
+            seen.add(key)
+            runs.append({**r, "source": src})
+    cfg = Config(**{**base, "notes": list(base.get("notes", []))})
+    cfg.seeds = sorted({r["seed"] for r in runs})
+    cfg.nodes = sorted({r["nodes"] for r in runs})
+    codecs = [a[5:] for a in dict.fromkeys(r["arm"] for r in runs) if a.startswith("sync:")]
+    cfg.codecs = ["fp32"] + [c for c in codecs if c != "fp32"]
+    for res, src in zip(results, sources):
+        cfg.notes += [f"{src}: {n}" for n in res["config"].get("notes", [])]
+    cfg.notes.append("merged from " + ", ".join(sources))
+    summary = summarise(cfg, runs, results[0]["dev_examples"])
+    return {**{k: v for k, v in results[0].items() if k not in ("runs", "summary", "targets", "config")},
+            "complete": all(r.get("complete") for r in results), "config": asdict(cfg), "summary": summary,
+            "targets": targets(summary), "runs": runs, "wall_s": sum(r.get("wall_s", 0.0) for r in results),
+            "sources": [{"path": src, "wall_s": r.get("wall_s"), "machine": r.get("machine"),
+                         "complete": r.get("complete")} for r, src in zip(results, sources)]}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=["small", "full"], default="small")
@@ -591,10 +628,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="only measure packet sizes of every codec in both layouts (no training); writes sync_sizes.json")
     p.add_argument("--render", type=Path, help="print the markdown table of an existing result JSON and exit")
     p.add_argument("--out", type=Path, help="JSON path (default benches/results/sync.json, quick: sync_quick.json)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="combine the runs of earlier result files (other seeds, arms or node counts of the same "
+                        "setting) into --out, recomputing summaries and targets")
     args = p.parse_args(argv)
     if args.render:
         result = json.loads(args.render.read_text())
         print(markdown(result))
+        return result
+    if args.merge:
+        result = merge_results([json.loads(p.read_text()) for p in args.merge], [str(p) for p in args.merge])
+        out = args.out or RESULTS / "sync.json"
+        out.write_text(json.dumps(result, indent=1))
+        plot(Config(**result["config"]), result["runs"], result["summary"], out.with_suffix(".png"))
+        print(markdown(result))
+        print(f"[sync] merged {len(args.merge)} files, {len(result['runs'])} runs, into {out}")
         return result
     cfg = budget_config(args)
     out = args.out or RESULTS / ("sync_quick.json" if args.quick else "sync.json")

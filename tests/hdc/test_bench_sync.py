@@ -16,11 +16,16 @@ pytest.importorskip("transformers")
 BENCH = Path(__file__).resolve().parents[2] / "benches" / "bench_sync.py"
 
 
-def test_quick_mode_runs_every_arm_and_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _load(monkeypatch: pytest.MonkeyPatch):
     spec = importlib.util.spec_from_file_location("bench_sync", BENCH)
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_sync", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_quick_mode_runs_every_arm_and_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch)
     out = tmp_path / "sync.json"
     result = bench.main(["--quick", "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -45,3 +50,21 @@ def test_quick_mode_runs_every_arm_and_writes_results(tmp_path: Path, monkeypatc
     rows = {(r["setting"], r["arm"]): r for r in saved["summary"]}
     assert rows[("iid", "sync:fp32")]["ratio_vs_fp32_packet"] == pytest.approx(1.0)
     assert rows[("iid", "sync:ternary-ef")]["ratio_vs_fp32_packet"] > 2
+
+
+def test_merge_pools_seeds_and_refuses_duplicates_or_other_settings(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    bench.main(["--quick", "--settings", "skew", "--codecs", "fp32,ternary-ef", "--seeds", "0", "--out", str(a)])
+    bench.main(["--quick", "--settings", "skew", "--codecs", "fp32", "--seeds", "1", "--out", str(b)])
+    merged = bench.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m.json")])
+    rows = {r["arm"]: r for r in merged["summary"]}
+    assert rows["sync:fp32"]["seeds"] == [0, 1] and rows["sync:ternary-ef"]["seeds"] == [0]
+    assert rows["sync:fp32"]["acc_ci95"] is not None and merged["config"]["seeds"] == [0, 1]
+    with pytest.raises(SystemExit, match="in two files"):
+        bench.main(["--merge", str(a), str(a), "--out", str(tmp_path / "x.json")])
+    c = tmp_path / "c.json"
+    bench.main(["--quick", "--settings", "skew", "--codecs", "fp32", "--seeds", "2", "--steps", "3", "--out", str(c)])
+    with pytest.raises(SystemExit, match="steps differ"):
+        bench.main(["--merge", str(a), str(c), "--out", str(tmp_path / "y.json")])
