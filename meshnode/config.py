@@ -14,10 +14,10 @@ Every problem is a `ConfigError` whose message starts with the full key path, e.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import ipaddress
-import copy
 import json
 import math
 import os
@@ -32,6 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .atomic import write_atomic
 from .identity import CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE
 from .wire.limits import Limits
 
@@ -669,24 +670,10 @@ def write_default_config(
     text = default_config_text(name, **values)
     parse_config(tomllib.loads(text), base_dir=p.parent.absolute(), source=p)
     p.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, flags, 0o644)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, p)
-        else:
-            try:
-                os.link(tmp, p)  # refuses an existing file atomically
-            except FileExistsError:
-                raise ConfigError("", f"{p}: already exists; refusing to overwrite (use force)") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        write_atomic(p, text.encode("utf-8"), replace=force)
+    except FileExistsError:
+        raise ConfigError("", f"{p}: already exists; refusing to overwrite (use force)") from None
     return p
 
 

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+
+from .atomic import write_atomic
 
 __all__ = [
     "CA_CERT_FILE",
@@ -212,46 +213,12 @@ def _check_free(paths: list[Path], force: bool) -> None:
 
 
 def _write_file(path: Path, data: bytes, mode: int, *, force: bool) -> None:
-    """Write atomically: a temporary file created with its final mode, then linked into place.
-
-    The mode is given to os.open so a private key is never readable by others, not even for the
-    moment between creating and chmod-ing. Without force, os.link refuses an existing target
-    atomically, so two concurrent inits cannot both win.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    """Write atomically with the final mode from the start (see meshnode.atomic); without force an
+    existing file is refused, atomically, so two concurrent inits cannot both win."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise IdentityError(
-                    IdentityReason.EXISTS, f"{path}: already exists; refusing to overwrite"
-                ) from None
-            os.unlink(tmp)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_atomic(path, data, mode=mode, replace=force)
+    except FileExistsError:
+        raise IdentityError(IdentityReason.EXISTS, f"{path}: already exists; refusing to overwrite") from None
 
 
 def _key_pem(key: Ed25519PrivateKey) -> bytes:

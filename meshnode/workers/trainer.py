@@ -19,7 +19,6 @@ import asyncio
 import collections
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..hdc.delta import FUSED_NAME, Codec, DeltaCompressor, Float32Codec, codec_by_name
 from ..wire.packet import Delta, Packet, Signer, encode_packet
 from .base import Worker, WorkerContext, WorkerSettingsError
@@ -58,15 +58,6 @@ ROUNDS_LOG = "rounds.jsonl"
 HISTORY = 50                 # rounds kept for status
 SNAPSHOT_GAP_S = 2.0         # at most one snapshot per requester this often
 POLL_S = 0.25                # how often a waiting round re-checks member liveness
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _norm2(tensors: Mapping[str, np.ndarray]) -> float:
@@ -205,7 +196,7 @@ class TrainerWorker(Worker):
         for i, comp in enumerate(self._compressors):
             if FUSED_NAME in comp.residual:
                 arrays[f"residual/{i}"] = np.ascontiguousarray(comp.residual[FUSED_NAME])
-        _atomic_write(self.ctx.storage / CHECKPOINT, st_save(arrays, metadata=self._checkpoint_meta()))
+        write_atomic(self.ctx.storage / CHECKPOINT, st_save(arrays, metadata=self._checkpoint_meta()))
 
     def _restore(self) -> None:
         from safetensors import safe_open

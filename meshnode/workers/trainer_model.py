@@ -89,7 +89,7 @@ class LoraModel:
         self.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         with _LOAD_LOCK:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            torch.manual_seed(cfg.seed)   # the head is initialised from the global RNG: same on every node
+            torch.manual_seed(cfg.seed)   # weights missing from the checkpoint: the same on every node
             base = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=len(self.classes), dtype=torch.float32,
                 id2label=dict(enumerate(self.classes)), label2id={c: i for i, c in enumerate(self.classes)})
@@ -103,17 +103,34 @@ class LoraModel:
                             "classes": len(self.classes)}
         lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                           target_modules=list(cfg.lora_targets) if cfg.lora_targets else None)
-        torch.manual_seed(cfg.seed)
         try:
-            self.model = get_peft_model(base, lora).to(self.device)
+            self.model = get_peft_model(base, lora)
         except ValueError as e:   # e.g. target modules that this architecture does not have
             raise ValueError(f"cannot put a LoRA adapter on {cfg.model}: {e}") from None
-        self.model.train()
         self.params = {wire_name(n): p for n, p in self.model.named_parameters() if p.requires_grad}
+        self._initialise(cfg.seed)
+        self.model.to(self.device).train()
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, weight_decay=0.0)
         self.rng = np.random.default_rng([cfg.seed, *node_id[:8]])
         self.order: list[int] = []
         self.steps = 0
+
+    def _initialise(self, seed: int) -> None:
+        """Every trainable tensor from `seed` alone, as peft and transformers would initialise them
+        (LoRA A Kaiming-uniform, LoRA B and biases zero, head weights N(0, 0.02)), drawn from a
+        private generator: the global RNG is shared with other threads (other workers in the same
+        daemon), so seeding it would not make nodes start equal."""
+        torch = self.torch
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name in sorted(self.params):
+                p = self.params[name]
+                if "lora_B" in name or name.endswith("bias"):
+                    p.zero_()
+                elif "lora_A" in name:
+                    torch.nn.init.kaiming_uniform_(p, a=5 ** 0.5, generator=gen)
+                else:
+                    p.normal_(0.0, 0.02, generator=gen)
 
     @property
     def numel(self) -> int:

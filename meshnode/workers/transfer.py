@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..control import ControlError
 from ..data import LabeledTexts
 from ..hdc.knowledge import LinearKnowledge, PredictionKnowledge, PrototypeKnowledge
@@ -78,15 +78,6 @@ def _load_labeled(path: Path, split: str, classes: tuple[str, ...] | None, limit
         return load_labeled(path, split, classes=classes, limit=limit, seed=seed)
     except (OSError, DataError) as e:
         raise ValueError(f"cannot load labeled data {path}: {e}") from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _knowledge_arrays(knowledge: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -503,8 +494,8 @@ class TransferWorker(Worker):
             **{k: v for k, v in record.items()}, "saved_at_us": self.ctx.clock.wall_us(),
         }
         storage = self.ctx.storage
-        _atomic_write(storage / RECEIVED, blob)        # arrays first: the json names their hash
-        _atomic_write(storage / RESULT_JSON, json.dumps(doc, indent=1).encode())
+        write_atomic(storage / RECEIVED, blob)        # arrays first: the json names their hash
+        write_atomic(storage / RESULT_JSON, json.dumps(doc, indent=1).encode())
 
     def _restore(self) -> None:
         """Blocking: reload what an earlier run adopted, if it still fits these settings and this model."""

@@ -144,7 +144,7 @@ async def test_three_nodes_with_ternary_error_feedback_apply_the_same_merged_upd
         await wait_for(lambda: all(wstatus(n)["state"] == "done" for n in nodes), "three nodes to finish",
                        timeout=120)
         statuses = [wstatus(n) for n in nodes]
-        assert all([r["merged"] for r in s["history"]] == [3, 3, 3] for s in statuses)
+        assert all([r["merged"] for r in s["history"]] == [3, 3, 3] for s in statuses), [s["history"] for s in statuses]
         assert bases(nodes[0]) == bases(nodes[1]) == bases(nodes[2])
         ckpts = [checkpoint(n) for n in nodes]
         for k in (k for k in ckpts[0] if k.startswith("adapter/")):
@@ -236,3 +236,32 @@ async def test_a_damaged_checkpoint_means_a_fresh_start_not_a_crash(world, tmp_p
         assert s["restored"] is None and s["round"] == 1
     assert any("cannot restore the checkpoint" in r.getMessage() for r in caplog.records)
     assert int(load_file_meta(node)["round"]) == 1   # and a good one replaced it
+
+
+def test_nodes_start_from_identical_adapters_even_while_other_threads_use_the_global_rng(world) -> None:
+    import threading
+
+    from meshnode.workers.trainer_model import LoraModel
+    from meshnode.workers.trainer_settings import parse_settings
+
+    stop = threading.Event()
+
+    def churn() -> None:   # another worker training in the same daemon
+        while not stop.is_set():
+            torch.rand(64)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        cfg = parse_settings("lora", settings(world, "a"))
+        m1, m2 = LoraModel(cfg, node_id=b"\x01" * 32), LoraModel(cfg, node_id=b"\x02" * 32)
+    finally:
+        stop.set()
+        t.join()
+    a1, a2 = m1.adapter(), m2.adapter()
+    assert a1.keys() == a2.keys() and any("lora_A" in k for k in a1) and any("classifier" in k for k in a1)
+    for k in a1:
+        np.testing.assert_array_equal(a1[k], a2[k])
+    assert m1.fingerprint == m2.fingerprint
+    other = LoraModel(parse_settings("lora", settings(world, "a", seed=1)), node_id=b"\x01" * 32).adapter()
+    assert any(not np.array_equal(a1[k], other[k]) for k in a1)
