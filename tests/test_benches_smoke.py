@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -57,3 +59,18 @@ def test_bench_links_quick(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
     assert result["mode"] == "quick"
+
+
+def test_bench_trainer_quick(tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "trainer.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benches" / "bench_trainer.py"), "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    arms = {a["codec"]: a for a in result["arms"]}
+    assert result["quick"] and set(arms) == {"fp32", "ternary-ef"}
+    for a in arms.values():
+        assert a["identical_adapters_every_round"] and a["all_merged_every_round"]
+        assert len(a["accuracy_by_round"]) == result["config"]["rounds"]
+    assert arms["fp32"]["rel_error_median"] == 0.0 and arms["ternary-ef"]["ratio_vs_fp32"] > 2

@@ -341,7 +341,7 @@ class TrainerWorker(Worker):
         t_wait = time.perf_counter() - t1
         mean, used, other = self._book.merge(r, base, own)
         self._state = "merging"
-        accuracy = await ctx.run_blocking(self._apply_merge, mean, len(used))
+        accuracy, t_merge, t_eval = await ctx.run_blocking(self._apply_merge, mean, len(used))
         received, self._bytes_received_round = self._bytes_received_round, 0
         record = {
             "round": r, "merged": len(used), "senders": [n.hex()[:16] for n in used],
@@ -349,6 +349,7 @@ class TrainerWorker(Worker):
             "codec": cfg.codec, "bytes_sent": sent, "bytes_received": received,
             "rel_error": round(rel_error, 6), "loss": round(loss, 6) if math.isfinite(loss) else None,
             "accuracy": accuracy, "train_s": round(t_train, 3), "wait_s": round(t_wait, 3),
+            "merge_s": round(t_merge, 3), "eval_s": round(t_eval, 3),
             "base": self._pos.base.hex(), "time_us": ctx.clock.wall_us(),
         }
         self._history.append(record)
@@ -357,11 +358,7 @@ class TrainerWorker(Worker):
             ctx.metrics.set(f"last.{k}", record[k])
         if missing:
             ctx.metrics.inc("rounds_short")
-        try:
-            with open(ctx.storage / ROUNDS_LOG, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            ctx.logger.warning("trainer %s: cannot append to %s: %s", self.name, ROUNDS_LOG, e)
+        await ctx.run_blocking(self._log_round, record)
         ctx.logger.info("trainer %s: round %d merged %d delta(s)%s, sent %d B (%s, rel. error %.3f), loss %s, "
                         "accuracy %s", self.name, r, len(used), f", missing {len(missing)}" if missing else "", sent,
                         cfg.codec, rel_error, record["loss"], accuracy)
@@ -393,8 +390,10 @@ class TrainerWorker(Worker):
                               self._codec.meta(), **meta)
         return bodies, decoded, math.sqrt(err2 / total2) if total2 > 0 else 0.0
 
-    def _apply_merge(self, mean: dict[str, np.ndarray], merged: int) -> float | None:
+    def _apply_merge(self, mean: dict[str, np.ndarray], merged: int) -> tuple[float | None, float, float]:
+        """Blocking: apply the mean, checkpoint, evaluate; (accuracy, merge seconds, eval seconds)."""
         assert self._key is not None
+        t0 = time.perf_counter()
         self._synced = {n: self._synced[n] + mean[n] for n in self._synced}
         self._model.load(self._synced)
         self._set_position(Position(self._pos.round + 1, digest_of(self._key.layout, self._synced),
@@ -406,7 +405,16 @@ class TrainerWorker(Worker):
         except OSError as e:   # a full disk costs the restart point, not the training
             self.ctx.metrics.inc("checkpoint_errors")
             self.ctx.logger.error("trainer %s: cannot write the checkpoint: %s", self.name, e)
-        return self._model.evaluate()
+        t1 = time.perf_counter()
+        accuracy = self._model.evaluate()
+        return accuracy, t1 - t0, time.perf_counter() - t1
+
+    def _log_round(self, record: dict[str, Any]) -> None:
+        try:
+            with open(self.ctx.storage / ROUNDS_LOG, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            self.ctx.logger.warning("trainer %s: cannot append to %s: %s", self.name, ROUNDS_LOG, e)
 
     # ------------------------------------------------------------------------------------ traffic
 
