@@ -97,6 +97,7 @@ class TrainerWorker(Worker):
         self._restored: dict[str, Any] | None = None
         self._catchups = 0
         self._bytes_received_round = 0
+        self._encodings: list[str] = []                # trit encodings the last delta used (ternary codecs)
         self._size_signer = Signer.generate()          # sizes of what we publish, signature included
 
     def _make_codec(self) -> Codec:
@@ -346,7 +347,7 @@ class TrainerWorker(Worker):
         record = {
             "round": r, "merged": len(used), "senders": [n.hex()[:16] for n in used],
             "missing": [n.hex()[:16] for n in missing], "other_lineage": [n.hex()[:16] for n in other],
-            "codec": cfg.codec, "bytes_sent": sent, "bytes_received": received,
+            "codec": cfg.codec, "encodings": self._encodings, "bytes_sent": sent, "bytes_received": received,
             "rel_error": round(rel_error, 6), "loss": round(loss, 6) if math.isfinite(loss) else None,
             "accuracy": accuracy, "train_s": round(t_train, 3), "wait_s": round(t_wait, 3),
             "merge_s": round(t_merge, 3), "eval_s": round(t_eval, 3),
@@ -388,6 +389,7 @@ class TrainerWorker(Worker):
             meta["loss"] = float(loss)
         bodies = chunk_bodies(self._key, "delta", self._pos, records, self._codec.wire_name, self._parts, self._align,
                               self._codec.meta(), **meta)
+        self._encodings = sorted({r.trits.encoding.name.lower() for r in records if r.trits is not None})
         return bodies, decoded, math.sqrt(err2 / total2) if total2 > 0 else 0.0
 
     def _apply_merge(self, mean: dict[str, np.ndarray], merged: int) -> tuple[float | None, float, float]:

@@ -153,7 +153,7 @@ async def test_three_nodes_with_ternary_error_feedback_apply_the_same_merged_upd
         # every node keeps its own error-feedback residual (what it did not send yet)
         assert any(k.startswith("residual/") for k in ckpts[0])
         last = statuses[0]["last_round"]
-        assert 0.0 < last["rel_error"] < 1.0
+        assert 0.0 < last["rel_error"] < 1.0 and last["encodings"] in (["base3"], ["dense2"])
         # one chunk of ternary data: well under a quarter of the fp32 bytes
         assert statuses[0]["chunks"] == 1 and last["bytes_sent"] < statuses[0]["trainable"]
     finally:
