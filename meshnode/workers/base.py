@@ -11,6 +11,7 @@ Third-party workers register a `Worker` subclass under the entry-point group `me
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -89,6 +90,58 @@ class Worker(abc.ABC):
     def status(self) -> dict[str, Any]:
         """What `meshnode status` shows for this worker."""
         return {}
+
+
+class TaskWorker(Worker):
+    """A worker whose work runs in asyncio tasks it owns: `_spawn` starts one, a task that fails
+    marks the worker "failed" (with the error in `_error`, counted and logged), `stop` cancels all.
+    Subclasses keep `_state` for their status."""
+
+    def __init__(self, name: str, settings: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
+        super().__init__(name, settings, base_dir=base_dir)
+        self._ctx: WorkerContext | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._state = "new"
+        self._error: str | None = None
+
+    @property
+    def ctx(self) -> WorkerContext:
+        assert self._ctx is not None, "worker not started"
+        return self._ctx
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
+        if self._ctx is not None:
+            self._ctx.metrics.inc("errors")
+            self._ctx.logger.error("%s worker %s failed: %s", self.type_name, self.name, self._error, exc_info=exc)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def sleep_or_wake(self, seconds: float, wake: asyncio.Event) -> None:
+        """Sleep on the context's clock; `wake.set()` ends it early (and is cleared here)."""
+        sleeper = asyncio.ensure_future(self.ctx.clock.sleep(max(0.0, seconds)))
+        waker = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, waker):
+                t.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+        wake.clear()
 
 
 def builtin_workers() -> dict[str, type[Worker]]:

@@ -29,7 +29,7 @@ import numpy as np
 from ..atomic import write_atomic
 from ..hdc.delta import FUSED_NAME, Codec, DeltaCompressor, Float32Codec, codec_by_name
 from ..wire.packet import Delta, Packet, Signer, encode_packet
-from .base import Worker, WorkerContext, WorkerSettingsError
+from .base import TaskWorker, WorkerContext, WorkerSettingsError
 from .trainer_protocol import (
     Assembly,
     DeltaChunk,
@@ -64,17 +64,13 @@ def _norm2(tensors: Mapping[str, np.ndarray]) -> float:
     return float(sum(float(np.dot(t.reshape(-1), t.reshape(-1))) for t in tensors.values()))
 
 
-class TrainerWorker(Worker):
+class TrainerWorker(TaskWorker):
     type_name: ClassVar[str] = "trainer"
 
     def __init__(self, name: str, settings: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
         super().__init__(name, settings, base_dir=base_dir)
         self.cfg: TrainerSettings = parse_settings(name, settings, base_dir=self.base_dir)
         self._codec = self._make_codec()
-        self._ctx: WorkerContext | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._state = "new"
-        self._error: str | None = None
         self._model: Any = None
         self._key: GroupKey | None = None
         self._parts: list[tuple[int, int]] = []
@@ -117,37 +113,10 @@ class TrainerWorker(Worker):
 
     # ------------------------------------------------------------------------------------ lifecycle
 
-    @property
-    def ctx(self) -> WorkerContext:
-        assert self._ctx is not None, "worker not started"
-        return self._ctx
-
     async def start(self, ctx: WorkerContext) -> None:
         self._ctx = ctx
         self._state = "preparing"
         self._spawn(self._main(), f"worker:{self.name}")
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
-        if self._ctx is not None:
-            self._ctx.metrics.inc("errors")
-            self._ctx.logger.error("trainer %s failed: %s", self.name, self._error, exc_info=exc)
-
-    async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -266,7 +235,7 @@ class TrainerWorker(Worker):
             enough = len(self._book.live(now)) >= cfg.min_peers
             if enough and now >= end:
                 break
-            await self._sleep_or_wake(POLL_S if not enough else min(POLL_S, end - now))
+            await self.sleep_or_wake(POLL_S if not enough else min(POLL_S, end - now), self._wake)
         await self._catch_up_if_needed(joining=True)
         self._joining = False
 
@@ -291,7 +260,7 @@ class TrainerWorker(Worker):
         await ctx.publish(request_body(self._key, self._pos, peer))
         end = ctx.clock.monotonic() + cfg.round_deadline
         while self._snapshot is None and ctx.clock.monotonic() < end:
-            await self._sleep_or_wake(min(POLL_S, max(0.0, end - ctx.clock.monotonic())))
+            await self.sleep_or_wake(min(POLL_S, max(0.0, end - ctx.clock.monotonic())), self._wake)
         got, self._snapshot, self._awaiting = self._snapshot, None, None
         if got is None:
             ctx.metrics.inc("catchup_timeouts")
@@ -337,7 +306,7 @@ class TrainerWorker(Worker):
             left = end - ctx.clock.monotonic()
             if left <= 0:
                 break
-            await self._sleep_or_wake(min(POLL_S, left))
+            await self.sleep_or_wake(min(POLL_S, left), self._wake)
         missing = self._book.missing(r, ctx.clock.monotonic())
         t_wait = time.perf_counter() - t1
         mean, used, other = self._book.merge(r, base, own)
@@ -426,26 +395,7 @@ class TrainerWorker(Worker):
         while True:
             await ctx.publish(hello_body(self._key, self._pos, joining=self._joining))
             ctx.metrics.inc("hellos")
-            sleeper = asyncio.ensure_future(ctx.clock.sleep(cfg.hello_interval))
-            waker = asyncio.ensure_future(self._hello_now.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (sleeper, waker):
-                    t.cancel()
-                await asyncio.gather(sleeper, waker, return_exceptions=True)
-            self._hello_now.clear()
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.ctx.clock.sleep(max(0.0, seconds)))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (sleeper, waker):
-                t.cancel()
-            await asyncio.gather(sleeper, waker, return_exceptions=True)
-        self._wake.clear()
+            await self.sleep_or_wake(cfg.hello_interval, self._hello_now)
 
     def _refuse(self, err: TrainerRefused, origin: bytes) -> None:
         self._refusals[err.code] += 1

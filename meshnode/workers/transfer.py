@@ -40,7 +40,7 @@ from ..hdc.knowledge import LinearKnowledge, PredictionKnowledge, PrototypeKnowl
 from ..hdc.space import Space
 from ..wire.packet import Knowledge, Packet, Vectors
 from .anchors import AnchorSet, load_anchor_set
-from .base import Worker, WorkerContext
+from .base import TaskWorker, WorkerContext
 from .transfer_model import StudentFit, TeacherFit, accuracy_against, fit_student, fit_teacher
 from .transfer_protocol import (
     Assembly,
@@ -92,17 +92,13 @@ def _knowledge_arrays(knowledge: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(a) for name, a in out.items()}
 
 
-class TransferWorker(Worker):
+class TransferWorker(TaskWorker):
     type_name: ClassVar[str] = "transfer"
 
     def __init__(self, name: str, settings: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
         super().__init__(name, settings, base_dir=base_dir)
         self.cfg: TransferSettings = parse_settings(name, settings, base_dir=self.base_dir)
         self.space = Space(seed=self.cfg.space_seed, dim=self.cfg.dim, version=self.cfg.space_version)
-        self._ctx: WorkerContext | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._state = "new"
-        self._error: str | None = None
         self._exp: Expectation | None = None
         self._embedder: Any = None
         self._embed_lock = threading.Lock()
@@ -141,33 +137,6 @@ class TransferWorker(Worker):
         main = self._teacher_main() if self.cfg.role == "teacher" else self._student_main()
         self._spawn(main, f"worker:{self.name}")
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
-        if self._ctx is not None:
-            self._ctx.metrics.inc("errors")
-            self._ctx.logger.error("transfer worker %s failed: %s", self.name, self._error, exc_info=exc)
-
-    async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    @property
-    def ctx(self) -> WorkerContext:
-        assert self._ctx is not None, "worker not started"
-        return self._ctx
-
     # ------------------------------------------------------------------------------------ shared
 
     def _prepare_common(self) -> AnchorSet:
@@ -198,18 +167,6 @@ class TransferWorker(Worker):
                               "time_us": self.ctx.clock.wall_us()}
         self.ctx.logger.warning("transfer %s: refused a message from %s: %s: %s", self.name, origin.hex()[:16],
                                 err.code, err.detail)
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        """Sleep on the context's clock; `self._wake.set()` ends it early."""
-        sleeper = asyncio.ensure_future(self.ctx.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (sleeper, waker):
-                t.cancel()
-            await asyncio.gather(sleeper, waker, return_exceptions=True)
-        self._wake.clear()
 
     # ------------------------------------------------------------------------------------ teacher
 
@@ -254,7 +211,7 @@ class TransferWorker(Worker):
                 if gap > 0:
                     await ctx.clock.sleep(gap)
             await self._publish_round()
-            await self._sleep_or_wake(self.cfg.republish_interval)
+            await self.sleep_or_wake(self.cfg.republish_interval, self._wake)
 
     async def _publish_round(self) -> None:
         ctx, cfg = self.ctx, self.cfg
@@ -336,7 +293,7 @@ class TransferWorker(Worker):
                 await ctx.publish(student_hello(cfg.topic, self._exp, wants, adopted))
                 ctx.metrics.inc("hellos")
             self._drop_stale()
-            await self._sleep_or_wake(cfg.announce_interval)
+            await self.sleep_or_wake(cfg.announce_interval, self._wake)
 
     def _drop_stale(self) -> None:
         now = self.ctx.clock.monotonic()
@@ -379,9 +336,14 @@ class TransferWorker(Worker):
                 self.ctx.metrics.inc("dropped.too_many_teachers")
             asm = self._assemblies[key] = Assembly(origin, msg.digest, self._exp.anchor_count, self.space.dim,
                                                    self.ctx.clock.monotonic())
-        if isinstance(msg, KnowledgeOffer) or self.cfg.needs_anchors:
-            # What this student's route costs: anchor chunks meant for other students (gossip brings
-            # them to every subscriber) are counted in the metric below but not charged to the route.
+        # What this student's route costs: the first copy of each form and anchor chunk it uses.
+        # Republished copies (a teacher answers every student's hello) and what other students'
+        # routes need (gossip brings it to every subscriber) are counted in the metric below only.
+        if isinstance(msg, KnowledgeOffer):
+            charged = msg.form not in asm.knowledge and (self.cfg.needs_anchors or msg.form == "predictions")
+        else:
+            charged = self.cfg.needs_anchors and not bool(asm.have[msg.start: msg.start + msg.trits.shape[0]].all())
+        if charged:
             asm.bytes += len(packet.raw)
             asm.packets += 1
         asm.updated = self.ctx.clock.monotonic()
