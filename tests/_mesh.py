@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 from meshnode import identity as idm
 from meshnode.config import Config, parse_config
+from meshnode.node import Node
 
 DEADLINE = 45.0   # generous bound for a loaded 2-core machine (a deadline, not a wait: passing runs need a few seconds)
 
@@ -56,3 +58,16 @@ def aio(fn: Callable[..., Any]) -> Callable[..., Any]:
         asyncio.run(fn(*args, **kwargs))
 
     return run
+
+
+@contextlib.asynccontextmanager
+async def running(*nodes: Node):
+    """Start `nodes` in order; stop every one that started, whatever happens inside."""
+    started: list[Node] = []
+    try:
+        for n in nodes:
+            await n.start()
+            started.append(n)
+        yield nodes
+    finally:
+        await asyncio.gather(*(n.stop() for n in started))

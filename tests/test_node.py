@@ -4,7 +4,6 @@ sockets. Each test builds its own nodes with short liveness timeouts."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from pathlib import Path
@@ -20,7 +19,7 @@ from meshnode.wire.capture import Direction, iter_records
 from meshnode.wire.packet import Hello, Kind, Signer, VectorBlock, Vectors, encode_packet, verify_packet
 from meshnode.wire.session import Session
 
-from ._mesh import aio, free_port, node_config, wait_for
+from ._mesh import aio, free_port, node_config, running, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,18 +36,6 @@ def mesh(tmp_path_factory) -> dict[str, idm.NodeIdentity]:
 def vectors(seed: int, topic: str = "t", dim: int = 256) -> Vectors:
     trits = np.random.default_rng(seed).integers(-1, 2, size=(2, dim), dtype=np.int8)
     return Vectors(topic=topic, vectors=VectorBlock.from_trits(trits, b"test"))
-
-
-@contextlib.asynccontextmanager
-async def running(*nodes: Node):
-    started: list[Node] = []
-    try:
-        for n in nodes:
-            await n.start()
-            started.append(n)
-        yield nodes
-    finally:
-        await asyncio.gather(*(n.stop() for n in started))
 
 
 def inbox(node: Node, topic: str = "t") -> list:

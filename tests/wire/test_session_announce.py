@@ -8,7 +8,7 @@ from meshnode.wire.frames import FrameDecoder
 from meshnode.wire.limits import Limits
 from meshnode.wire.packet import Hello, Kind, decode_packet, encode_packet, set_hop_limit
 from meshnode.wire.session import (
-    HelloReceived, MemberAnnounced, PacketDropped, PacketReceived, PongReceived, Session, SessionFailed, State,
+    HelloReceived, MemberAnnounced, PacketDropped, PacketReceived, PongReceived, SessionFailed, State,
 )
 
 from ._support import A, B, C

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.wire import trits
 from meshnode.wire.errors import CodecError, Reason, WireError
 from meshnode.wire.limits import DEFAULT_LIMITS, Limits
 from meshnode.wire.trits import Encoding, choose_encoding, pack, packed_size, unpack, validate

@@ -7,7 +7,6 @@ the synchronised adapter's float32 bytes; the checkpoints are compared tensor by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from pathlib import Path
@@ -27,7 +26,7 @@ from meshnode.control import query  # noqa: E402
 from meshnode.node import Node  # noqa: E402
 from meshnode.workers.trainer import CHECKPOINT, ROUNDS_LOG  # noqa: E402
 
-from .._mesh import aio, node_config, wait_for  # noqa: E402
+from .._mesh import aio, node_config, running, wait_for  # noqa: E402
 from ._text import synthetic, tokenizer, write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -68,18 +67,6 @@ def make_node(world: dict[str, Any], tmp: Path, name: str, worker: dict[str, Any
     cfg = node_config(tmp / name, world["ids"][name], static=static,
                       workers=[{"name": "lora", "type": "trainer", "settings": worker}])
     return Node(cfg, world["ids"][name], rng=random.Random(seed))
-
-
-@contextlib.asynccontextmanager
-async def running(*nodes: Node):
-    started: list[Node] = []
-    try:
-        for n in nodes:
-            await n.start()
-            started.append(n)
-        yield nodes
-    finally:
-        await asyncio.gather(*(n.stop() for n in started))
 
 
 def wstatus(node: Node) -> dict[str, Any]:

@@ -11,7 +11,6 @@ map, are the untrained baselines: they stay near chance.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 from pathlib import Path
@@ -50,7 +49,7 @@ from meshnode.workers.transfer_protocol import (  # noqa: E402
 )
 from meshnode.workers.transfer_settings import parse_settings  # noqa: E402
 
-from .._mesh import aio, node_config, wait_for  # noqa: E402
+from .._mesh import aio, node_config, running, wait_for  # noqa: E402
 from ._text import CLASSES, synthetic, tokenizer, write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,18 +120,6 @@ def make_node(world: dict[str, Any], tmp: Path, name: str, settings: dict[str, A
     cfg = node_config(tmp / (data or name), world["ids"][name], port=port, static=static,
                       workers=[{"name": "xfer", "type": "transfer", "settings": settings}])
     return Node(cfg, world["ids"][name], rng=random.Random(seed))
-
-
-@contextlib.asynccontextmanager
-async def running(*nodes: Node):
-    started: list[Node] = []
-    try:
-        for n in nodes:
-            await n.start()
-            started.append(n)
-        yield nodes
-    finally:
-        await asyncio.gather(*(n.stop() for n in started))
 
 
 def wstatus(node: Node) -> dict[str, Any]:
