@@ -591,7 +591,7 @@ def merge_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str
                 raise SystemExit(f"{src}: run {key} is in two files")
             seen.add(key)
             runs.append({**r, "source": src})
-    cfg = Config(**{**base, "notes": list(base.get("notes", []))})
+    cfg = Config(**{**base, "notes": []})
     cfg.seeds = sorted({r["seed"] for r in runs})
     cfg.nodes = sorted({r["nodes"] for r in runs})
     codecs = [a[5:] for a in dict.fromkeys(r["arm"] for r in runs) if a.startswith("sync:")]
