@@ -481,7 +481,16 @@ class TrainerWorker(TaskWorker):
             ctx.metrics.inc("snapshots_throttled")
             return
         self._snapshot_sent[to] = now
-        synced, pos = self._synced, self._pos   # replaced, never mutated, by the main loop: a consistent pair
+        # A merge runs in a worker thread and replaces the adapter before the position: take a
+        # consistent pair (the digest must match, or the requester refuses the snapshot).
+        for _ in range(100):
+            synced, pos = self._synced, self._pos
+            if digest_of(self._key.layout, synced) == pos.base:
+                break
+            await ctx.clock.sleep(0.05)
+        else:
+            ctx.metrics.inc("snapshots_inconsistent")
+            return
         codec = Float32Codec()
         records = [codec.encode_tensor(FUSED_NAME, self._key.sublayout(p, 1).fuse(
             {n: synced[n] for n, _ in self._key.entries[p[0]:p[1]]})) for p in self._parts]
