@@ -151,22 +151,24 @@ class TrainerWorker(TaskWorker):
 
     # ------------------------------------------------------------------------------------ checkpoints
 
-    def _checkpoint_meta(self) -> dict[str, str]:
+    def _checkpoint_meta(self, saved_at_us: int) -> dict[str, str]:
         assert self._key is not None
         return {"format": "1", "round": str(self._pos.round), "weight": str(self._pos.weight),
                 "base": self._pos.base.hex(), "schema": self._key.schema.hex(), "group": self._key.group.hex(),
                 "arm": self.cfg.codec, "block": str(self.cfg.block), "parts": json.dumps(self._parts),
-                "saved_at_us": str(self.ctx.clock.wall_us())}
+                "saved_at_us": str(saved_at_us)}
 
-    def _save(self) -> None:
-        """Blocking: the synchronised adapter and the error-feedback residuals, written atomically."""
+    def _save(self, saved_at_us: int) -> None:
+        """Blocking: the synchronised adapter and the error-feedback residuals, written atomically.
+        (`saved_at_us` comes from the caller: the context's clock is read on the event loop only,
+        since meshnode sim's virtual clock lives there.)"""
         from safetensors.numpy import save as st_save
 
         arrays = {f"adapter/{n}": np.ascontiguousarray(t) for n, t in self._synced.items()}
         for i, comp in enumerate(self._compressors):
             if FUSED_NAME in comp.residual:
                 arrays[f"residual/{i}"] = np.ascontiguousarray(comp.residual[FUSED_NAME])
-        write_atomic(self.ctx.storage / CHECKPOINT, st_save(arrays, metadata=self._checkpoint_meta()))
+        write_atomic(self.ctx.storage / CHECKPOINT, st_save(arrays, metadata=self._checkpoint_meta(saved_at_us)))
 
     def _restore(self) -> None:
         from safetensors import safe_open
@@ -268,12 +270,12 @@ class TrainerWorker(TaskWorker):
                                peer.hex()[:16], cfg.round_deadline)
             return
         _, pos, tensors = got
-        await ctx.run_blocking(self._adopt_snapshot, pos, tensors)
+        await ctx.run_blocking(self._adopt_snapshot, pos, tensors, ctx.clock.wall_us())
         self._catchups += 1
         ctx.metrics.inc("catchups")
         ctx.logger.info("trainer %s: caught up to round %d from %s", self.name, pos.round, peer.hex()[:16])
 
-    def _adopt_snapshot(self, pos: Position, tensors: dict[str, np.ndarray]) -> None:
+    def _adopt_snapshot(self, pos: Position, tensors: dict[str, np.ndarray], now_us: int) -> None:
         assert self._book is not None
         self._synced = {n: tensors[n].astype(np.float32) for n in self._synced}
         self._model.load(self._synced)
@@ -281,7 +283,7 @@ class TrainerWorker(TaskWorker):
             comp.reset()   # the residual belongs to the lineage we left
         self._set_position(pos, reset=True)
         self._book.forget_before(pos.round)
-        self._save()
+        self._save(now_us)
 
     async def _one_round(self) -> None:
         ctx, cfg = self.ctx, self.cfg
@@ -311,7 +313,7 @@ class TrainerWorker(TaskWorker):
         t_wait = time.perf_counter() - t1
         mean, used, other = self._book.merge(r, base, own)
         self._state = "merging"
-        accuracy, t_merge, t_eval = await ctx.run_blocking(self._apply_merge, mean, len(used))
+        accuracy, t_merge, t_eval = await ctx.run_blocking(self._apply_merge, mean, len(used), ctx.clock.wall_us())
         received, self._bytes_received_round = self._bytes_received_round, 0
         record = {
             "round": r, "merged": len(used), "senders": [n.hex()[:16] for n in used],
@@ -361,7 +363,7 @@ class TrainerWorker(TaskWorker):
         self._encodings = sorted({r.trits.encoding.name.lower() for r in records if r.trits is not None})
         return bodies, decoded, math.sqrt(err2 / total2) if total2 > 0 else 0.0
 
-    def _apply_merge(self, mean: dict[str, np.ndarray], merged: int) -> tuple[float | None, float, float]:
+    def _apply_merge(self, mean: dict[str, np.ndarray], merged: int, now_us: int) -> tuple[float | None, float, float]:
         """Blocking: apply the mean, checkpoint, evaluate; (accuracy, merge seconds, eval seconds)."""
         assert self._key is not None
         t0 = time.perf_counter()
@@ -372,7 +374,7 @@ class TrainerWorker(TaskWorker):
         assert self._book is not None
         self._book.forget_before(self._pos.round)
         try:
-            self._save()
+            self._save(now_us)
         except OSError as e:   # a full disk costs the restart point, not the training
             self.ctx.metrics.inc("checkpoint_errors")
             self.ctx.logger.error("trainer %s: cannot write the checkpoint: %s", self.name, e)

@@ -252,3 +252,21 @@ def test_nodes_start_from_identical_adapters_even_while_other_threads_use_the_gl
     assert m1.fingerprint == m2.fingerprint
     other = LoraModel(parse_settings("lora", settings(world, "a", seed=1)), node_id=b"\x01" * 32).adapter()
     assert any(not np.array_equal(a1[k], other[k]) for k in a1)
+
+
+def test_trainers_sync_under_meshnode_sim_and_the_report_carries_their_rounds(world) -> None:
+    from meshnode.sim.runner import run_scenario
+    from meshnode.sim.scenario import parse_scenario
+
+    def node(name: str) -> dict[str, Any]:
+        return {"name": name, "workers": [{"name": "lora", "type": "trainer", "settings": settings(
+            world, name, codec="ternary-ef", rounds=3, min_peers=1, hello_interval=2.0, join_wait=1.0,
+            chunk_bytes=1 << 20)}]}
+
+    scenario = parse_scenario({"name": "trainers", "seed": 1, "nodes": [node("a"), node("b")],
+                               "topology": {"kind": "full_mesh", "profile": "wifi"}, "stop": {"time": 300}})
+    report = run_scenario(scenario)
+    metrics = [report["nodes"][n]["workers"][0]["metrics"] for n in ("a", "b")]
+    for m in metrics:
+        assert m["rounds"] == 3 and m["last.merged"] == 2 and m.get("errors", 0) == 0
+        assert m["bytes_sent"] > 0 and 0 < m["last.rel_error"] < 1
