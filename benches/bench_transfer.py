@@ -40,6 +40,8 @@ every arm gets the same probe; `--probe logistic` uses L2 logistic regression wi
     .venv/bin/python benches/bench_transfer.py                    # SST-2 + AG News, both pairs, 3 seeds
     .venv/bin/python benches/bench_transfer.py --tasks sst2       # SST-2 only
     .venv/bin/python benches/bench_transfer.py --quick            # synthetic embeddings: a smoke test
+    .venv/bin/python benches/bench_transfer.py --tasks sst2 --models minilm,smollm2,mpnet --pairs-with mpnet \
+        --out benches/results/transfer_mpnet.json                 # the four MPNet pairs
 """
 
 from __future__ import annotations
@@ -539,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="synthetic embeddings, small grid: a smoke test")
     ap.add_argument("--tasks", default="sst2,ag_news")
     ap.add_argument("--models", default="minilm,smollm2")
+    ap.add_argument("--pairs-with", metavar="MODEL",
+                    help="stage 2: only the ordered pairs that include MODEL (e.g. a model added to an earlier run)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--dims", default="1024,4096,10000", help="stage 1 dimensions")
     ap.add_argument("--dim", type=int, default=10000, help="stage 2 dimension")
@@ -556,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
+    if args.pairs_with is not None and not args.quick and args.pairs_with not in args.models.split(","):
+        ap.error(f"--pairs-with {args.pairs_with!r} is not one of --models {args.models!r}")
 
     import torch
 
@@ -574,7 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "loadavg_start": os.getloadavg()},
         "settings": {"seeds": seeds, "stage1_dims": dims, "stage2_dim": args.dim, "anchors": anchors,
-                     "methods": methods, "probe": args.probe, "tau": TAU, "pool": POOL, "anchor_pool": ANCHOR_POOL,
+                     "methods": methods, "probe": args.probe, "pairs_with": args.pairs_with, "tau": TAU, "pool": POOL,
+                     "anchor_pool": ANCHOR_POOL,
                      "test_cap": TEST_CAP, "data_seed": DATA_SEED, "contrastive_max_steps": args.contrastive_steps,
                      "bootstrap": BOOT, "space_seed": "1000 + seed"},
         "claims": CLAIMS, "embeddings": [], "ceilings": [], "transfer": [], "tests": [],
@@ -602,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tasks.append((task, views))
     for task, views in tasks:
         models = list(views)
-        pairs = [(a, b) for a in models for b in models if a != b]
+        pairs = [(a, b) for a in models for b in models if a != b and args.pairs_with in (None, a, b)]
         ap_n = anchor_pool[task.name]
         task_anchors = [n for n in anchors if n <= ap_n]
         result["ceilings"] += stage_ceilings(task, views, dims, seeds, args.probe, ap_n, log)

