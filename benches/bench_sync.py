@@ -121,7 +121,7 @@ def budget_config(args: argparse.Namespace) -> Config:
         v = getattr(args, key)
         if v is not None:
             setattr(cfg, key, v)
-    if "fp32" not in cfg.codecs:
+    if "fp32" not in cfg.codecs and not getattr(args, "no_baselines", False):
         cfg.codecs.insert(0, "fp32")  # every ratio and paired difference is against fp32 sync
     return cfg
 
@@ -628,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="only measure packet sizes of every codec in both layouts (no training); writes sync_sizes.json")
     p.add_argument("--render", type=Path, help="print the markdown table of an existing result JSON and exit")
     p.add_argument("--out", type=Path, help="JSON path (default benches/results/sync.json, quick: sync_quick.json)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the local and centralised arms (more codecs for a grid another file has the "
+                        "baselines of; pool the two with --merge)")
     p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                    help="combine the runs of earlier result files (other seeds, arms or node counts of the same "
                         "setting) into --out, recomputing summaries and targets")
@@ -665,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {"rows": rows}
     runs: list[dict[str, Any]] = []
     grid = [(seed, setting, n) for seed in cfg.seeds for setting in cfg.settings for n in cfg.nodes]
-    arms = ["local", "central"] + [f"sync:{c}" for c in cfg.codecs]
+    arms = ([] if args.no_baselines else ["local", "central"]) + [f"sync:{c}" for c in cfg.codecs]
 
     def result_of(complete: bool) -> dict[str, Any]:
         summary = summarise(cfg, runs, len(task.dev))
@@ -705,8 +708,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ci = f"±{100 * row['acc_ci95']:.2f}" if row["acc_ci95"] is not None else ""
         extra = ""
         if "bytes_per_round_per_node" in row:
-            extra = (f" {row['bytes_per_round_per_node']:.0f} B x{row['ratio_vs_fp32_packet']:.1f} "
-                     f"diff {row['diff_vs_fp32_pt']:+.2f}pt")
+            extra = f" {row['bytes_per_round_per_node']:.0f} B"
+            if row["ratio_vs_fp32_packet"] is not None and row["diff_vs_fp32_pt"] is not None:   # fp32 in this run
+                extra += f" x{row['ratio_vs_fp32_packet']:.1f} diff {row['diff_vs_fp32_pt']:+.2f}pt"
         gc = f" gap {row['gap_closed']:.2f}" if row["gap_closed"] is not None else ""
         print(f"[sync] {row['setting']} n={row['nodes']} {row['arm']:22s} {100 * row['acc_mean']:.2f}{ci}{gc}{extra}")
     print(markdown(result))

@@ -58,9 +58,14 @@ def test_merge_pools_seeds_and_refuses_duplicates_or_other_settings(tmp_path: Pa
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     bench.main(["--quick", "--settings", "skew", "--codecs", "fp32,ternary-ef", "--seeds", "0", "--out", str(a)])
     bench.main(["--quick", "--settings", "skew", "--codecs", "fp32", "--seeds", "1", "--out", str(b)])
-    merged = bench.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m.json")])
+    extra = tmp_path / "extra.json"   # more codecs for seed 1, baselines from b
+    bench.main(["--quick", "--settings", "skew", "--codecs", "ternary", "--seeds", "1", "--no-baselines",
+                "--out", str(extra)])
+    assert {r["arm"] for r in json.loads(extra.read_text())["runs"]} == {"sync:ternary"}
+    merged = bench.main(["--merge", str(a), str(b), str(extra), "--out", str(tmp_path / "m.json")])
     rows = {r["arm"]: r for r in merged["summary"]}
     assert rows["sync:fp32"]["seeds"] == [0, 1] and rows["sync:ternary-ef"]["seeds"] == [0]
+    assert rows["sync:ternary"]["seeds"] == [1] and rows["sync:ternary"]["ratio_vs_fp32_packet"] > 2
     assert rows["sync:fp32"]["acc_ci95"] is not None and merged["config"]["seeds"] == [0, 1]
     with pytest.raises(SystemExit, match="in two files"):
         bench.main(["--merge", str(a), str(a), "--out", str(tmp_path / "x.json")])
