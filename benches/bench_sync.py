@@ -97,6 +97,7 @@ class Config:
     curve_eval: int        # dev examples used for the per-round curve (0 = whole dev)
     threads: int
     notes: list[str] = field(default_factory=list)
+    baselines: bool = True  # the local and central arms run (False: another file has them)
 
 
 def budget_config(args: argparse.Namespace) -> Config:
@@ -123,6 +124,7 @@ def budget_config(args: argparse.Namespace) -> Config:
             setattr(cfg, key, v)
     if "fp32" not in cfg.codecs and not getattr(args, "no_baselines", False):
         cfg.codecs.insert(0, "fp32")  # every ratio and paired difference is against fp32 sync
+    cfg.baselines = not getattr(args, "no_baselines", False)
     return cfg
 
 
@@ -575,9 +577,31 @@ _SAME = ("model", "settings", "per_node", "steps", "sync_every", "batch", "lr", 
          "curve_eval")
 
 
-def merge_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+def _covers(result: dict[str, Any], runs: list[dict[str, Any]]) -> bool:
+    """Whether `runs` hold every (setting, nodes, arm) cell of `result`'s grid for each seed among them."""
+    cfg = result["config"]
+    # files from before the flag was recorded: they ran the baselines if any of their runs is one
+    baselines = cfg.get("baselines", any(r["arm"] in ("local", "central") for r in result["runs"]))
+    arms = {f"sync:{c}" for c in cfg["codecs"]} | ({"local", "central"} if baselines else set())
+    have = {(r["setting"], r["nodes"], r["seed"], r["arm"]) for r in runs}
+    seeds = {r["seed"] for r in runs}
+    return bool(seeds) and all((s, n, seed, a) in have for s in cfg["settings"] for n in cfg["nodes"]
+                               for seed in seeds for a in arms)
+
+
+def merge_results(results: list[dict[str, Any]], sources: list[str],
+                  seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """One result from several runs of one setting (e.g. seed 0 today, seeds 1-2 tomorrow). A (setting,
-    nodes, seed, arm) present twice is an error: which one is right is not this function's call."""
+    nodes, seed, arm) present twice is an error: which one is right is not this function's call.
+    `seeds` keeps only those seeds' runs, e.g. the seeds a run cut short had finished; a source then
+    counts as complete when its kept seeds cover its whole grid."""
+    if seeds is not None:
+        results = [{**res, "complete": res.get("complete") or _covers(res, kept),
+                    "runs": kept,
+                    "config": {**res["config"], "notes": res["config"].get("notes", [])
+                               + [f"only seeds {', '.join(map(str, seeds))} kept"]}}
+                   for res in results
+                   for kept in [[r for r in res["runs"] if r["seed"] in seeds]]]
     base = results[0]["config"]
     for res, src in zip(results[1:], sources[1:]):
         diff = [k for k in _SAME if res["config"].get(k) != base.get(k)]
@@ -596,6 +620,7 @@ def merge_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str
     cfg.nodes = sorted({r["nodes"] for r in runs})
     codecs = [a[5:] for a in dict.fromkeys(r["arm"] for r in runs) if a.startswith("sync:")]
     cfg.codecs = ["fp32"] + [c for c in codecs if c != "fp32"]
+    cfg.baselines = any(r["arm"] in ("local", "central") for r in runs)
     for res, src in zip(results, sources):
         cfg.notes += [f"{src}: {n}" for n in res["config"].get("notes", [])]
     cfg.notes.append("merged from " + ", ".join(sources))
@@ -633,14 +658,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "baselines of; pool the two with --merge)")
     p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                    help="combine the runs of earlier result files (other seeds, arms or node counts of the same "
-                        "setting) into --out, recomputing summaries and targets")
+                        "setting) into --out, recomputing summaries and targets; with --seeds, only those "
+                        "seeds' runs (e.g. the finished seeds of a run cut short)")
     args = p.parse_args(argv)
     if args.render:
         result = json.loads(args.render.read_text())
         print(markdown(result))
         return result
     if args.merge:
-        result = merge_results([json.loads(p.read_text()) for p in args.merge], [str(p) for p in args.merge])
+        keep = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+        result = merge_results([json.loads(p.read_text()) for p in args.merge], [str(p) for p in args.merge], keep)
         out = args.out or RESULTS / "sync.json"
         out.write_text(json.dumps(result, indent=1))
         plot(Config(**result["config"]), result["runs"], result["summary"], out.with_suffix(".png"))

@@ -73,3 +73,24 @@ def test_merge_pools_seeds_and_refuses_duplicates_or_other_settings(tmp_path: Pa
     bench.main(["--quick", "--settings", "skew", "--codecs", "fp32", "--seeds", "2", "--steps", "3", "--out", str(c)])
     with pytest.raises(SystemExit, match="steps differ"):
         bench.main(["--merge", str(a), str(c), "--out", str(tmp_path / "y.json")])
+
+
+def test_merge_keeps_the_finished_seeds_of_a_run_cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load(monkeypatch)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    bench.main(["--quick", "--settings", "skew", "--codecs", "fp32", "--seeds", "0", "--out", str(a)])
+    bench.main(["--quick", "--settings", "skew", "--codecs", "fp32", "--seeds", "1", "--out", str(b)])
+    cut = json.loads(a.read_text())
+    cut["complete"], cut["config"]["seeds"] = False, [0, 1]   # seed 1 stopped after its first arm
+    cut["runs"].append(json.loads(b.read_text())["runs"][0])
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    whole = bench.main(["--merge", str(tmp_path / "cut.json"), "--out", str(tmp_path / "w.json")])
+    assert whole["complete"] is False
+    kept = bench.main(["--merge", str(tmp_path / "cut.json"), "--seeds", "0", "--out", str(tmp_path / "k.json")])
+    assert kept["complete"] is True and kept["config"]["seeds"] == [0]
+    assert {r["seed"] for r in kept["runs"]} == {0} and any("only seeds 0" in n for n in kept["config"]["notes"])
+    # the seed-0 runs of a file missing a seed-0 arm do not count as complete
+    cut["runs"] = [r for r in cut["runs"] if not (r["seed"] == 0 and r["arm"] == "central")]
+    (tmp_path / "cut2.json").write_text(json.dumps(cut))
+    assert bench.main(["--merge", str(tmp_path / "cut2.json"), "--seeds", "0", "--out", str(tmp_path / "k2.json")])[
+        "complete"] is False
