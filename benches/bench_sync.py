@@ -416,13 +416,20 @@ def summarise(cfg: Config, runs: list[dict[str, Any]], dev_n: int) -> list[dict[
         sel = [r for r in runs if r["setting"] == setting and r["nodes"] == n]
         by = lambda arm: {r["seed"]: r for r in sel if r["arm"] == arm}  # noqa: E731
         local, central, fp32 = by("local"), by("central"), by("sync:fp32")
-        loc = float(np.mean([r["acc"] for r in local.values()]))
-        cen = float(np.mean([r["acc"] for r in central.values()]))
+
+        def closed(rs: dict[int, dict[str, Any]], seeds: Sequence[int]) -> float | None:
+            """Share of the local -> central gap closed, on the given seeds only, so that an arm run on
+            fewer seeds is compared with the baselines of its own seeds."""
+            seeds = [s for s in seeds if s in rs and s in local and s in central]
+            if not seeds:
+                return None
+            lo = float(np.mean([local[s]["acc"] for s in seeds]))
+            gap = float(np.mean([central[s]["acc"] for s in seeds])) - lo
+            return (float(np.mean([rs[s]["acc"] for s in seeds])) - lo) / gap if gap > 0 else None
+
         fp32_bytes = float(np.mean([r["bytes_per_round_per_node"] for r in fp32.values()])) if fp32 else None
         json_bytes = [rd["float64_json_bytes"] for r in fp32.values() for rd in r["rounds"] if "float64_json_bytes" in rd]
         json_mean = float(np.mean(json_bytes)) if json_bytes else None
-        gap = cen - loc
-        fp32_closed = None
         arms = ["local", "central"] + [f"sync:{c}" for c in cfg.codecs]
         for arm in arms:
             rs = by(arm)
@@ -433,7 +440,7 @@ def summarise(cfg: Config, runs: list[dict[str, Any]], dev_n: int) -> list[dict[
                 "setting": setting, "nodes": n, "arm": arm, "seeds": sorted(rs),
                 "acc_mean": float(np.mean(accs)), "acc_ci95": ci95(accs),
                 "acc_binomial_ci95_one_run": 1.96 * math.sqrt(np.mean(accs) * (1 - np.mean(accs)) / dev_n),
-                "gap_closed": (float(np.mean(accs)) - loc) / gap if gap > 0 else None,
+                "gap_closed": closed(rs, sorted(rs)),
             }
             if arm.startswith("sync:"):
                 b = float(np.mean([r["bytes_per_round_per_node"] for r in rs.values()]))
@@ -443,13 +450,14 @@ def summarise(cfg: Config, runs: list[dict[str, Any]], dev_n: int) -> list[dict[
                 diffs = [rs[s]["acc"] - fp32[s]["acc"] for s in sorted(rs) if s in fp32]
                 row["diff_vs_fp32_pt"] = 100 * float(np.mean(diffs)) if diffs else None
                 row["diff_vs_fp32_ci95_pt"] = 100 * ci95(diffs) if ci95(diffs) is not None else None
-                if arm == "sync:fp32":
-                    fp32_closed = row["gap_closed"]
-                # only meaningful when fp32 sync itself closes part of the gap (a ratio of two negative
-                # or near-zero closures says nothing)
-                row["share_of_fp32_gap_closure"] = (row["gap_closed"] / fp32_closed
+                # paired: both closures on the seeds this arm and fp32 share; only meaningful when fp32
+                # sync itself closes part of the gap (a ratio of two negative or near-zero closures says
+                # nothing)
+                both = [s for s in sorted(rs) if s in fp32]
+                mine, fp32_closed = closed(rs, both), closed(fp32, both)
+                row["share_of_fp32_gap_closure"] = (mine / fp32_closed
                                                     if fp32_closed is not None and fp32_closed > 0.05
-                                                    and row["gap_closed"] is not None else None)
+                                                    and mine is not None else None)
             out.append(row)
     return out
 
