@@ -115,11 +115,11 @@ class TaskData:
     test_labels: np.ndarray
 
 
-def load_task(name: str) -> TaskData:
+def load_task(name: str, pool: int | None = None) -> TaskData:
     from meshnode.data import load_split
 
     root = DATA / name
-    train = load_split(root, "train").sample(POOL[name], seed=DATA_SEED)
+    train = load_split(root, "train").sample(pool or POOL[name], seed=DATA_SEED)
     test = load_split(root, TEST_SPLIT[name])
     if TEST_CAP[name]:
         test = test.sample(TEST_CAP[name], seed=DATA_SEED)
@@ -550,6 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--methods", default="procrustes,procrustes-hdc,ridge,cca,contrastive,ridge-float")
     ap.add_argument("--probe", choices=("ridge", "logistic"), default="ridge")
     ap.add_argument("--contrastive-steps", type=int, default=1000)
+    ap.add_argument("--pool", action="append", default=[], metavar="TASK=N",
+                    help="train texts sampled for TASK (default %s); a different pool is a different split, "
+                         "so its rows do not pair with a default run's" % POOL)
+    ap.add_argument("--anchor-pool", action="append", default=[], metavar="TASK=N",
+                    help="how many of each seed's permutation of the pool form the anchor pool (default %s); "
+                         "the rest is the labelled set" % ANCHOR_POOL)
     ap.add_argument("--out", type=Path, default=RESULTS / "transfer.json")
     ap.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of a result file as markdown")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
@@ -562,6 +568,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.pairs_with is not None and not args.quick and args.pairs_with not in args.models.split(","):
         ap.error(f"--pairs-with {args.pairs_with!r} is not one of --models {args.models!r}")
+    pool_n, anchor_pool = dict(POOL), dict(ANCHOR_POOL)
+    for opt, into in (("--pool", pool_n), ("--anchor-pool", anchor_pool)):
+        for item in getattr(args, opt[2:].replace("-", "_")):
+            name, _, value = item.partition("=")
+            if name not in POOL or not value.isdigit() or int(value) < 1:
+                ap.error(f"{opt} {item!r}: expected TASK=N with TASK one of {', '.join(POOL)} and N >= 1")
+            into[name] = int(value)
+    for name in POOL:
+        if anchor_pool[name] >= pool_n[name]:
+            ap.error(f"{name}: the anchor pool ({anchor_pool[name]}) must leave a labelled set in the pool "
+                     f"({pool_n[name]})")
 
     import torch
 
@@ -580,13 +597,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "loadavg_start": os.getloadavg()},
         "settings": {"seeds": seeds, "stage1_dims": dims, "stage2_dim": args.dim, "anchors": anchors,
-                     "methods": methods, "probe": args.probe, "pairs_with": args.pairs_with, "tau": TAU, "pool": POOL,
-                     "anchor_pool": ANCHOR_POOL,
+                     "methods": methods, "probe": args.probe, "pairs_with": args.pairs_with, "tau": TAU, "pool": pool_n,
+                     "anchor_pool": anchor_pool,
                      "test_cap": TEST_CAP, "data_seed": DATA_SEED, "contrastive_max_steps": args.contrastive_steps,
                      "bootstrap": BOOT, "space_seed": "1000 + seed"},
         "claims": CLAIMS, "embeddings": [], "ceilings": [], "transfer": [], "tests": [],
     }
-    anchor_pool: dict[str, int] = dict(ANCHOR_POOL)
     if args.quick:
         anchor_pool = {"synthetic": 120}
         task, views = synthetic_task(240, 200)
@@ -598,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         tasks = []
         for name in args.tasks.split(","):
-            task = load_task(name)
+            task = load_task(name, pool_n[name])
             views = {}
             for model in args.models.split(","):
                 pool, test, info = embed_task(model, task)

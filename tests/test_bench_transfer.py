@@ -29,3 +29,13 @@ def test_bench_transfer_quick(tmp_path: Path) -> None:
     assert {"a", "b", "c"} <= set(result["targets"])
     assert all(isinstance(v["met"], bool) for v in result["targets"]["a"] + result["targets"]["b"])
     assert out.with_suffix(".png").exists()
+
+
+def test_bench_transfer_refuses_a_pool_without_a_labelled_set(tmp_path: Path) -> None:
+    for bad, why in ((["--pool", "ag_news=1000", "--anchor-pool", "ag_news=1000"], "must leave a labelled set"),
+                     (["--pool", "imdb=10"], "expected TASK=N"), (["--anchor-pool", "sst2=x"], "expected TASK=N")):
+        run = subprocess.run([sys.executable, str(ROOT / "benches" / "bench_transfer.py"), *bad,
+                              "--out", str(tmp_path / "t.json")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        assert run.returncode == 2 and why in run.stderr, run.stderr[-2000:]
+        assert not (tmp_path / "t.json").exists()
