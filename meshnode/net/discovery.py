@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import ifaddr
-from zeroconf import InterfaceChoice, NonUniqueNameException, ServiceStateChange, Zeroconf
+from zeroconf import DNSQuestionType, InterfaceChoice, NonUniqueNameException, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 if TYPE_CHECKING:
@@ -144,6 +144,9 @@ class Discovery:
     `interfaces`: IP addresses of the interfaces to use (empty: all). `addresses`: what to advertise
     (default: the given interfaces, or all non-loopback addresses of this host).
     `counters` records what was ignored and why (self, other_mesh, malformed, unresolved, overflow).
+    `name_check`: seconds start() spends asking whether this node's name is already advertised
+    before it registers (a twin on the same host answers only after its one-second multicast
+    rate limit); it is most of start()'s latency when the name is free.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class Discovery:
         version: str = PROTOCOL_VERSION,
         on_event: Callable[[PeerEvent], None] | None = None,
         resolve_timeout: float = 3.0,
+        name_check: float = 2.0,
         max_tracked: int = 1024,
     ) -> None:
         if len(node_id) != 32:
@@ -175,6 +179,7 @@ class Discovery:
         self._addresses = list(addresses) if addresses is not None else None
         self._on_event = on_event
         self._resolve_timeout_ms = int(resolve_timeout * 1000)
+        self._name_check_ms = int(name_check * 1000)
         self._max_tracked = max_tracked
 
         self._azc: AsyncZeroconf | None = None
@@ -243,8 +248,19 @@ class Discovery:
             parsed_addresses=addresses,
         )
         try:
-            # Browse first so that peers are found while our own registration is still probing.
-            self._browser = AsyncServiceBrowser(azc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
+            # Browse first so that peers are found while our own registration is still probing. QM
+            # (multicast answers) from the first query on: zeroconf asks QU first by default, and a
+            # unicast answer to port 5353 reaches only one of the sockets sharing that port on a host,
+            # so a twin of this node on the same host could miss the answer that reveals it and
+            # register the same name.
+            self._browser = AsyncServiceBrowser(azc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change],
+                                                question_type=DNSQuestionType.QM)
+            # zeroconf's own probing lasts under a second, but a responder that has just announced may
+            # not multicast the same records again for a second (RFC 6762 section 6), so a twin started
+            # right after this node would probe unanswered: first ask for our name, for long enough.
+            taken = AsyncServiceInfo(SERVICE_TYPE, self.instance_name)
+            if await taken.async_request(azc.zeroconf, self._name_check_ms, question_type=DNSQuestionType.QM):
+                raise NonUniqueNameException(self.instance_name)
             await (await azc.async_register_service(self._info))
         except NonUniqueNameException:
             await self._teardown(unregister=False)
