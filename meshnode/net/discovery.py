@@ -248,16 +248,12 @@ class Discovery:
             parsed_addresses=addresses,
         )
         try:
-            # Browse first so that peers are found while our own registration is still probing. QM
-            # (multicast answers) from the first query on: zeroconf asks QU first by default, and a
-            # unicast answer to port 5353 reaches only one of the sockets sharing that port on a host,
-            # so a twin of this node on the same host could miss the answer that reveals it and
-            # register the same name.
-            self._browser = AsyncServiceBrowser(azc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change],
-                                                question_type=DNSQuestionType.QM)
+            # Browse first so that peers are found while our own registration is still probing.
+            self._browser = AsyncServiceBrowser(azc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
             # zeroconf's own probing lasts under a second, but a responder that has just announced may
             # not multicast the same records again for a second (RFC 6762 section 6), so a twin started
             # right after this node would probe unanswered: first ask for our name, for long enough.
+            # QM, because a unicast answer to port 5353 reaches only one of the sockets sharing it.
             taken = AsyncServiceInfo(SERVICE_TYPE, self.instance_name)
             if await taken.async_request(azc.zeroconf, self._name_check_ms, question_type=DNSQuestionType.QM):
                 raise NonUniqueNameException(self.instance_name)
