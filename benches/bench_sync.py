@@ -703,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {"rows": rows}
     runs: list[dict[str, Any]] = []
     grid = [(seed, setting, n) for seed in cfg.seeds for setting in cfg.settings for n in cfg.nodes]
-    arms = ([] if args.no_baselines else ["local", "central"]) + [f"sync:{c}" for c in cfg.codecs]
+    arms = (["local", "central"] if cfg.baselines else []) + [f"sync:{c}" for c in cfg.codecs]
 
     def result_of(complete: bool) -> dict[str, Any]:
         summary = summarise(cfg, runs, len(task.dev))
