@@ -569,8 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pairs_with is not None and not args.quick and args.pairs_with not in args.models.split(","):
         ap.error(f"--pairs-with {args.pairs_with!r} is not one of --models {args.models!r}")
     pool_n, anchor_pool = dict(POOL), dict(ANCHOR_POOL)
-    for opt, into in (("--pool", pool_n), ("--anchor-pool", anchor_pool)):
-        for item in getattr(args, opt[2:].replace("-", "_")):
+    for opt, items, into in (("--pool", args.pool, pool_n), ("--anchor-pool", args.anchor_pool, anchor_pool)):
+        for item in items:
             name, _, value = item.partition("=")
             if name not in POOL or not value.isdigit() or int(value) < 1:
                 ap.error(f"{opt} {item!r}: expected TASK=N with TASK one of {', '.join(POOL)} and N >= 1")
