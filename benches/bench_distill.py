@@ -13,6 +13,13 @@ labels alone (no labels of its own). Compared on the SST-2 dev set (872 GLUE dev
   labels on the 2000-text labelled shard), `anchors-teacher` and `anchors-soft` (its probe on the N
   anchors labelled by *this* LoRA teacher: hard labels / ridge onto the soft probabilities).
 
+With `--teacher-source mesh` the teacher is not trained by this bench: the `trainer` worker trains it
+on real daemons (bench_trainer's harness: in-process nodes, TLS on loopback, the labelled shard split
+across the nodes, compressed deltas, fixed rounds), and the teacher is rebuilt from a node's
+checkpoint (safetensors) exactly as the worker left it — the issue's "teacher whose LoRA adapter was
+fine-tuned by the trainer worker". That teacher is the worker's model (transformers'
+sequence-classification head, peft LoRA), not this bench's mean-pooled `Classifier`.
+
 Split: exactly bench_transfer's: a seeded pool of 4000 train sentences (DATA_SEED), per seed
 perm = default_rng(seed).permutation(4000); anchors = perm[:N] (unlabelled), labelled shard =
 perm[2000:] (the teacher's gold-labelled training set and the student's ceiling set). Anchors,
@@ -20,6 +27,7 @@ labelled shard and dev are disjoint; nothing is selected on dev (fixed schedules
 
     .venv/bin/python benches/bench_distill.py                 # SST-2, MiniLM -> SmolLM2, N=500, 2 seeds
     .venv/bin/python benches/bench_distill.py --quick         # tiny random models, synthetic texts
+    .venv/bin/python benches/bench_distill.py --teacher-source mesh --student-epochs 100:15,500:3
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +76,20 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class MeshSchedule:
+    """How the trainer worker trains a mesh teacher: fixed in advance, never tuned on dev."""
+
+    nodes: int = 2
+    rounds: int = 10
+    steps_per_round: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3           # the worker's default
+    max_len: int = 64
+    codec: str = "ternary-ef"  # the worker's default
+    eval: int = 200            # dev texts the worker evaluates after each round (its log only)
+
+
+@dataclass(frozen=True)
 class Settings:
     teacher: str
     student: str
@@ -77,6 +100,14 @@ class Settings:
     student_schedule: Schedule
     dim: int
     labelled_cap: int | None   # how many of the labelled shard the teacher trains on (None: all)
+    teacher_source: str = "bench"          # "bench": Classifier.fit here; "mesh": the trainer worker
+    mesh: MeshSchedule | None = None
+    student_epochs_by_n: tuple[tuple[int, int], ...] = ()   # (N, epochs) overriding student_schedule
+    aligned_epochs: int = 0    # > 0: also the student LoRA on anchors + aligned pseudo-labels (that many epochs)
+
+    def student_schedule_for(self, n: int) -> Schedule:
+        epochs = dict(self.student_epochs_by_n).get(n, self.student_schedule.epochs)
+        return replace(self.student_schedule, epochs=epochs)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -172,6 +203,84 @@ def softened(logits: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+class MeshTeacher:
+    """A teacher the trainer worker fine-tuned: its model rebuilt from the settings the worker ran with,
+    the adapter read from a node's checkpoint (safetensors, nothing unpickled)."""
+
+    def __init__(self, worker_settings: dict[str, Any], checkpoint: Path) -> None:
+        from meshnode.workers.trainer_model import LoraModel
+        from meshnode.workers.trainer_settings import parse_settings
+
+        self.model = LoraModel(parse_settings("teacher", worker_settings), node_id=b"teacher!")
+        self.model.load(adapter_of(checkpoint))
+
+    def trainable(self) -> int:
+        return self.model.numel
+
+    def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
+        # log-probabilities are logits up to a per-row constant, which softmax at any T ignores
+        return np.log(np.clip(self.model.predict(list(texts)), 1e-12, None)).astype(np.float32)
+
+
+def adapter_of(checkpoint: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {k.removeprefix("adapter/"): v for k, v in load_file(str(checkpoint)).items() if k.startswith("adapter/")}
+
+
+def train_on_mesh(spec: str, texts: Sequence[str], labels: np.ndarray, classes: Sequence[str], dev: bt.TaskData,
+                  ms: MeshSchedule, seed: int, threads: int, workdir: Path, log: Callable[[str], None]
+                  ) -> tuple[MeshTeacher, dict[str, Any]]:
+    """The trainer worker on `ms.nodes` real daemons, the labelled shard dealt round-robin (IID) to the
+    nodes; returns the teacher as node 0's last checkpoint left it, and what the worker reported."""
+    import asyncio
+
+    import bench_trainer
+
+    rows = [{"text": t, "label": int(y)} for t, y in zip(texts, labels)]
+    shards = [rows[i::ms.nodes] for i in range(ms.nodes)]
+    pick = np.random.default_rng(seed).permutation(len(dev.test_texts))[: ms.eval]
+    dev_rows = [{"text": dev.test_texts[i], "label": int(dev.test_labels[i])} for i in sorted(pick)]
+    model_type = _model_type(spec)
+    targets = LORA_TARGETS.get(model_type, ["query", "value"])
+    ns = argparse.Namespace(lr=ms.lr, batch=ms.batch_size, max_len=ms.max_len, steps=ms.steps_per_round,
+                           rounds=ms.rounds, threads=threads, timeout=3600.0, seed=seed, lora_targets=",".join(targets))
+    t0 = time.perf_counter()
+    extra = {"cache_dir": str(bt.CACHE)}
+    arm = asyncio.run(bench_trainer.run_arm(ns, ms.codec, spec, shards, dev_rows, workdir, classes=classes,
+                                            extra=extra))
+    checkpoints = [workdir / f"n{i}" / "data" / "workers" / "lora" / "adapter.safetensors" for i in range(ms.nodes)]
+    adapters = [adapter_of(c) for c in checkpoints]
+    identical = all(set(a) == set(adapters[0]) and all(np.array_equal(a[k], adapters[0][k]) for k in a)
+                    for a in adapters)
+    settings = {"task": dev.name, "model": spec, "train_data": str(workdir / "shard0" / "train.jsonl"),
+                "lora_rank": 8, "lora_alpha": 16, "lora_targets": targets, "max_length": ms.max_len,
+                "batch_size": ms.batch_size, "seed": seed, "device": "cpu", "threads": threads, **extra}
+    teacher = MeshTeacher(settings, checkpoints[0])
+    # the rebuilt teacher must be the worker's model: same accuracy on the sample the worker evaluated last
+    rebuilt = float((teacher.predict_logits([r["text"] for r in dev_rows]).argmax(1)
+                     == np.array([r["label"] for r in dev_rows])).mean())
+    info = {"mesh_nodes": ms.nodes, "mesh_rounds": ms.rounds, "mesh_steps_per_round": ms.steps_per_round,
+            "codec": ms.codec, "bytes_per_round_per_node": arm["bytes_per_round_per_node"],
+            "all_merged_every_round": arm["all_merged_every_round"],
+            "identical_adapters_every_round": arm["identical_adapters_every_round"],
+            "checkpoints_identical": identical, "worker_dev_sample_accuracy_by_round": arm["accuracy_by_round"],
+            "rebuilt_dev_sample_accuracy": rebuilt,
+            "loss_by_round": [r["loss"] for r in arm["rounds"]], "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"  mesh teacher: {ms.rounds} rounds x {ms.steps_per_round} steps on {ms.nodes} daemons, "
+        f"{arm['bytes_per_round_per_node']:.0f} B/round/node ({ms.codec}), checkpoints identical: {identical}")
+    return teacher, info
+
+
+def _model_type(spec: str) -> str:
+    from transformers import AutoConfig
+
+    from meshnode.models import checkpoint_path
+
+    path, _ = checkpoint_path(spec, cache_dir=bt.CACHE)
+    return str(AutoConfig.from_pretrained(path).model_type)
+
+
 # ------------------------------------------------------------------------------------------ tasks
 
 
@@ -181,6 +290,7 @@ class Models:
 
     load: Callable[[str], tuple[Any, Any]]
     frozen: dict[str, tuple[np.ndarray, np.ndarray]]   # model -> (pool, test) frozen embeddings
+    spec: Callable[[str, Path], str]   # what the trainer worker loads (hub id, package or a directory under Path)
 
 
 def real_models(task: bt.TaskData, names: Sequence[str], log: Callable[[str], None]) -> Models:
@@ -196,7 +306,7 @@ def real_models(task: bt.TaskData, names: Sequence[str], log: Callable[[str], No
         pool, test, info = bt.embed_task(name, task)
         frozen[name] = (pool, test)
         log(f"frozen embeddings {name}: {info}")
-    return Models(load, frozen)
+    return Models(load, frozen, lambda name, _workdir: name)
 
 
 def quick_task(seed: int = 0) -> bt.TaskData:
@@ -226,7 +336,10 @@ def quick_models(task: bt.TaskData, tokenizer_dir: Path) -> Models:
         torch.manual_seed(0 if name == "tiny-bert" else 1)
         if name == "tiny-bert":
             cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=128)
+                             intermediate_size=64, max_position_embeddings=128,
+                             # no dropout: dropout draws from torch's global RNG, which the two in-process
+                             # daemons share, so a smoke run would depend on thread timing
+                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
             return BertModel(cfg).eval(), tok
         cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
                           num_key_value_heads=2, intermediate_size=96, max_position_embeddings=128,
@@ -240,13 +353,21 @@ def quick_models(task: bt.TaskData, tokenizer_dir: Path) -> Models:
         model, tok = load(name)
         emb = Embedder(model, tok, name=name, max_length=64)
         frozen[name] = (emb.embed(task.pool_texts), emb.embed(task.test_texts))
-    return Models(load, frozen)
+    def spec(name: str, workdir: Path) -> str:
+        # the worker loads models by path: save the tiny model (and its tokenizer) where it can find them
+        model, tok = load(name)
+        model.save_pretrained(workdir / name)
+        tok.save_pretrained(workdir / name)
+        return str(workdir / name)
+
+    return Models(load, frozen, spec)
 
 
 # ------------------------------------------------------------------------------------------ run
 
 
-def run(task: bt.TaskData, models: Models, st: Settings, anchor_pool: int, log: Callable[[str], None]) -> dict[str, Any]:
+def run(task: bt.TaskData, models: Models, st: Settings, anchor_pool: int, log: Callable[[str], None],
+        threads: int = 1) -> dict[str, Any]:
     c = len(task.classes)
     y_test = task.test_labels
     chance = float(np.bincount(y_test, minlength=c).max() / len(y_test))
@@ -266,10 +387,18 @@ def run(task: bt.TaskData, models: Models, st: Settings, anchor_pool: int, log: 
             lab = lab[:st.labelled_cap]
         lab_texts = [task.pool_texts[i] for i in lab]
         # ---- teacher: LoRA + head on gold labels of the labelled shard
-        log(f"seed {seed}: teacher {st.teacher} on {len(lab)} gold-labelled texts")
-        base, tok = models.load(st.teacher)
-        teacher = Classifier(base, tok, c, st.teacher_schedule, seed)
-        fit_t = teacher.fit(lab_texts, task.pool_labels[lab], soft=False, temperature=1.0, seed=seed, log=log)
+        log(f"seed {seed}: teacher {st.teacher} on {len(lab)} gold-labelled texts ({st.teacher_source})")
+        teacher: Classifier | MeshTeacher
+        if st.teacher_source == "mesh":
+            assert st.mesh is not None
+            with tempfile.TemporaryDirectory(prefix="distill-mesh-") as tmp:
+                spec = models.spec(st.teacher, Path(tmp))
+                teacher, fit_t = train_on_mesh(spec, lab_texts, task.pool_labels[lab], task.classes, task, st.mesh,
+                                               seed, threads, Path(tmp) / "mesh", log)
+        else:
+            base, tok = models.load(st.teacher)
+            teacher = Classifier(base, tok, c, st.teacher_schedule, seed)
+            fit_t = teacher.fit(lab_texts, task.pool_labels[lab], soft=False, temperature=1.0, seed=seed, log=log)
         record("teacher-lora", teacher.predict_logits(task.test_texts).argmax(1))
         fits.append({"seed": seed, "role": "teacher", "trainable_params": teacher.trainable(), **fit_t})
         log(f"  teacher dev acc {correct['teacher-lora'][-1].mean():.3f} ({fit_t['seconds']} s)")
@@ -279,6 +408,14 @@ def run(task: bt.TaskData, models: Models, st: Settings, anchor_pool: int, log: 
         st_tern = ternarize(space.project(s_test, center=s_center), bt.TAU)
         w, b = bt.fit_probe("ridge", s_tern[lab], task.pool_labels[lab], c, seed)
         record("student-frozen-ceiling", bt.scores(w, b, st_tern).argmax(1))
+        if st.aligned_epochs:
+            # the teacher's aligned knowledge, as bench_transfer's wire-honest arms send it: a ridge probe on
+            # its ternary HDC vectors of its gold-labelled shard, plus its ternary anchor vectors
+            tp, _ = models.frozen[st.teacher]
+            t_tern = ternarize(space.project(tp, center=tp.mean(0)), bt.TAU)
+            tw, tb = bt.fit_probe("ridge", t_tern[lab], task.pool_labels[lab], c, seed)
+            teacher_k = bt.LinearKnowledge(task.classes, tw, tb, "gold")
+            knowledge_bytes = bt.packet_bytes(teacher_k.to_body("transfer", task.name, half=True))
         for n in st.anchors:
             a = perm[:n]
             a_texts = [task.pool_texts[i] for i in a]
@@ -301,7 +438,7 @@ def run(task: bt.TaskData, models: Models, st: Settings, anchor_pool: int, log: 
             # ---- the student: its own LoRA + head, only the teacher's soft labels on the anchors
             log(f"seed {seed}: student {st.student} LoRA on {n} anchors (teacher agrees with gold on {agree:.3f})")
             base, tok = models.load(st.student)
-            student = Classifier(base, tok, c, st.student_schedule, seed + 100)
+            student = Classifier(base, tok, c, st.student_schedule_for(n), seed + 100)
             fit_s = student.fit(a_texts, t_soft.astype(np.float32), soft=True, temperature=st.temperature,
                                 seed=seed + 100, log=log)
             record(f"student-lora-distilled@{n}", student.predict_logits(task.test_texts).argmax(1))
@@ -309,6 +446,31 @@ def run(task: bt.TaskData, models: Models, st: Settings, anchor_pool: int, log: 
                          "teacher_anchor_agreement_with_gold": agree, **fit_s})
             log(f"  student dev acc {correct[f'student-lora-distilled@{n}'][-1].mean():.3f} ({fit_s['seconds']} s)")
             del student
+            if st.aligned_epochs:
+                # ---- plus the aligned knowledge: a ridge map (student frozen vectors -> the teacher's ternary
+                # anchor vectors) carries the teacher's probe to the student's other local, unlabelled
+                # texts (the rest of the anchor pool); the student's LoRA learns the teacher's soft labels
+                # on the anchors and those pseudo-labels (one-hot) together
+                rest = perm[n:anchor_pool]
+                aligner = bt.fit_wire_honest("ridge", sp[a], t_tern[a])
+                record(f"frozen-aligned@{n}", teacher_k.predict(ternarize(aligner.transform(s_test), bt.TAU)))
+                pseudo = teacher_k.predict(ternarize(aligner.transform(sp[rest]), bt.TAU))
+                wire[f"aligned-{n}"] = wire[f"soft-{n}"] + knowledge_bytes + bt.packet_bytes(
+                    bt.Vectors("distill", bt.VectorBlock.from_trits(t_tern[a], space.space_id)))
+                texts = a_texts + [task.pool_texts[i] for i in rest]
+                targets = np.vstack([t_soft, np.eye(c)[pseudo]]).astype(np.float32)
+                log(f"seed {seed}: student {st.student} LoRA on {n} anchors + {len(rest)} aligned pseudo-labels "
+                    f"(pseudo-labels agree with gold on {float((pseudo == task.pool_labels[rest]).mean()):.3f})")
+                base, tok = models.load(st.student)
+                student = Classifier(base, tok, c, replace(st.student_schedule, epochs=st.aligned_epochs), seed + 200)
+                fit_s = student.fit(texts, targets, soft=True, temperature=st.temperature, seed=seed + 200, log=log)
+                record(f"student-lora-aligned@{n}", student.predict_logits(task.test_texts).argmax(1))
+                fits.append({"seed": seed, "role": "student-aligned", "n": n, "pseudo_labelled": len(rest),
+                             "pseudo_agreement_with_gold": float((pseudo == task.pool_labels[rest]).mean()),
+                             "trainable_params": student.trainable(), **fit_s})
+                log(f"  aligned student dev acc {correct[f'student-lora-aligned@{n}'][-1].mean():.3f} "
+                    f"({fit_s['seconds']} s)")
+                del student
         del teacher
 
     rng = np.random.default_rng(0)
@@ -320,7 +482,7 @@ def run(task: bt.TaskData, models: Models, st: Settings, anchor_pool: int, log: 
         acc, lo, hi, sd = bt.mean_ci(m, rng)
         row: dict[str, Any] = {"arm": arm, "acc": acc, "ci95": [lo, hi], "seed_sd": sd,
                                "per_seed": [float(r.mean()) for r in m]}
-        if arm.startswith(("student-lora", "frozen-anchors")):
+        if arm.startswith(("student-lora", "frozen-anchors", "frozen-aligned")):
             d, dlo, dhi = bt.paired_diff_ci(m, ceiling, rng)
             row["minus_student_ceiling"] = {"diff": d, "ci95": [dlo, dhi]}
             d, dlo, dhi = bt.paired_diff_ci(m, teacher_c, rng)
@@ -328,9 +490,12 @@ def run(task: bt.TaskData, models: Models, st: Settings, anchor_pool: int, log: 
             row["gap_closure_vs_teacher"] = (acc - chance) / (teacher_c.mean() - chance)
         arms.append(row)
     for n in st.anchors:
-        key = f"student-lora-distilled@{n}"
-        if key in correct:
-            for base_arm in (f"frozen-anchors-soft@{n}", f"frozen-anchors-teacher@{n}"):
+        for key, base_arms in ((f"student-lora-distilled@{n}", (f"frozen-anchors-soft@{n}", f"frozen-anchors-teacher@{n}")),
+                               (f"student-lora-aligned@{n}", (f"student-lora-distilled@{n}", f"frozen-aligned@{n}",
+                                                              f"frozen-anchors-soft@{n}"))):
+            if key not in correct:
+                continue
+            for base_arm in base_arms:
                 d, dlo, dhi = bt.paired_diff_ci(np.array(correct[key]), np.array(correct[base_arm]), rng)
                 next(r for r in arms if r["arm"] == key)[f"minus_{base_arm}"] = {"diff": d, "ci95": [dlo, dhi]}
     return {"chance": chance, "arms": arms, "fits": fits, "wire_bytes": wire}
@@ -348,6 +513,27 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse_epochs(text: str) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """"3" -> (3, ()); "100:15,500:3" -> (3, ((100, 15), (500, 3))): the default is the last N's epochs."""
+    if ":" not in text:
+        return _positive(text), ()
+    pairs = []
+    for part in text.split(","):
+        n, _, e = part.partition(":")
+        pairs.append((_positive(n), _positive(e)))
+    return pairs[-1][1], tuple(pairs)
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise ValueError(f"{v} must be at least 1")
+    return v
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny random models on synthetic texts: a smoke test")
@@ -357,7 +543,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--teacher-epochs", type=int, default=1)
-    ap.add_argument("--student-epochs", type=int, default=3)
+    ap.add_argument("--student-epochs", default="3",
+                    help="student epochs: one number, or N:epochs per anchor count (e.g. 100:15,500:3)")
+    ap.add_argument("--aligned-epochs", type=int, default=0,
+                    help="> 0: add a student LoRA trained on the anchors' soft labels plus the rest of the anchor "
+                         "pool pseudo-labelled by the aligned teacher probe, for that many epochs")
+    ap.add_argument("--teacher-source", choices=("bench", "mesh"), default="bench",
+                    help="bench: the teacher is fine-tuned here; mesh: by the trainer worker on real daemons")
+    ap.add_argument("--mesh-nodes", type=int, default=MeshSchedule.nodes)
+    ap.add_argument("--mesh-rounds", type=int, default=MeshSchedule.rounds)
+    ap.add_argument("--mesh-steps", type=int, default=MeshSchedule.steps_per_round, help="local steps per round")
+    ap.add_argument("--mesh-codec", default=MeshSchedule.codec)
     ap.add_argument("--labelled-cap", type=int, default=0, help="teacher trains on the first K of the labelled shard")
     ap.add_argument("--dim", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=2)
@@ -372,8 +568,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
 
+    try:
+        default_epochs, by_n = parse_epochs(args.student_epochs)
+    except ValueError as e:
+        ap.error(f"--student-epochs: {e}")
     t_sched = Schedule(epochs=args.teacher_epochs, batch_size=32, lr_lora=5e-4, lr_head=2e-3)
-    s_sched = Schedule(epochs=args.student_epochs, batch_size=16, lr_lora=5e-4, lr_head=2e-3)
+    s_sched = Schedule(epochs=default_epochs, batch_size=16, lr_lora=5e-4, lr_head=2e-3)
+    mesh = MeshSchedule(nodes=args.mesh_nodes, rounds=args.mesh_rounds, steps_per_round=args.mesh_steps,
+                        codec=args.mesh_codec) if args.teacher_source == "mesh" else None
     if args.quick:
         from meshnode.models import resolve
 
@@ -381,17 +583,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = quick_models(task, resolve("minilm").path)
         st = Settings("tiny-bert", "tiny-llama", (40,), (0, 1), args.temperature,
                       Schedule(epochs=4, batch_size=16, lr_lora=3e-3, lr_head=1e-2),
-                      Schedule(epochs=6, batch_size=8, lr_lora=3e-3, lr_head=1e-2), 512, None)
+                      Schedule(epochs=6, batch_size=8, lr_lora=3e-3, lr_head=1e-2), 512, None,
+                      args.teacher_source, mesh and MeshSchedule(rounds=8, steps_per_round=10, batch_size=8,
+                                                                 lr=1e-2, max_len=16, codec=mesh.codec, eval=40),
+                      by_n, args.aligned_epochs)
         anchor_pool = 80
     else:
         task = bt.load_task("sst2")
-        models = real_models(task, [args.student], log)
+        models = real_models(task, [args.student] + ([args.teacher] if args.aligned_epochs else []), log)
         st = Settings(args.teacher, args.student, tuple(int(v) for v in args.anchors.split(",")),
                       tuple(int(v) for v in args.seeds.split(",")), args.temperature, t_sched, s_sched, args.dim,
-                      args.labelled_cap or None)
+                      args.labelled_cap or None, args.teacher_source, mesh, by_n, args.aligned_epochs)
         anchor_pool = bt.ANCHOR_POOL["sst2"]
     log(f"settings: {st}")
-    res = run(task, models, st, anchor_pool, log)
+    res = run(task, models, st, anchor_pool, log, threads=args.threads)
     result = {"bench": "distill", "mode": "quick" if args.quick else "full", "task": task.name,
               "settings": {**asdict(st), "anchor_pool": anchor_pool, "pool": len(task.pool_texts),
                            "test": len(task.test_texts), "data_seed": bt.DATA_SEED, "bootstrap": bt.BOOT,

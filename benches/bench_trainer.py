@@ -63,11 +63,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f]
 
 
-def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+def write_rows(path: Path, rows: Sequence[dict[str, Any]], classes: Sequence[str] = ("negative", "positive")) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         f.writelines(json.dumps({"text": r["text"], "label": int(r["label"])}) + "\n" for r in rows)
-    (path.parent / "labels.json").write_text(json.dumps({"0": "negative", "1": "positive"}))
+    (path.parent / "labels.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}))
     return path
 
 
@@ -119,21 +119,23 @@ def quick_world(tmp: Path) -> tuple[str, list[list[dict[str, Any]]], list[dict[s
 
 
 async def run_arm(args: argparse.Namespace, codec: str, model: str, shards: list[list[dict[str, Any]]],
-                  dev: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
+                  dev: list[dict[str, Any]], tmp: Path, *, classes: Sequence[str] = ("negative", "positive"),
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every node's worker checkpoints under tmp/n<i>/data/workers/lora/ (kept: callers may read them)."""
     ca = idm.init_mesh(tmp / "mesh")
     ids = [idm.init_node(tmp / f"id{i}", ca, f"bench-{i}") for i in range(len(shards))]
-    eval_path = write_rows(tmp / "dev" / "dev.jsonl", dev)
+    eval_path = write_rows(tmp / "dev" / "dev.jsonl", dev, classes)
     nodes: list[Node] = []
     t0 = time.perf_counter()
     try:
         for i, shard in enumerate(shards):
-            train_path = write_rows(tmp / f"shard{i}" / "train.jsonl", shard)
+            train_path = write_rows(tmp / f"shard{i}" / "train.jsonl", shard, classes)
             worker = {"task": "sst2", "model": model, "train_data": str(train_path), "eval_data": str(eval_path),
-                      "lora_rank": 8, "lora_alpha": 16, "lora_targets": ["query", "value"], "lr": args.lr,
+                      "lora_rank": 8, "lora_alpha": 16, "lora_targets": args.lora_targets.split(","), "lr": args.lr,
                       "batch_size": args.batch, "max_length": args.max_len, "steps_per_round": args.steps,
                       "rounds": args.rounds, "codec": codec, "round_deadline": 600.0, "hello_interval": 1.0,
                       "member_timeout": 60.0, "join_wait": 0.5, "min_peers": len(shards) - 1, "device": "cpu",
-                      "threads": args.threads, "seed": 0}
+                      "threads": args.threads, "seed": args.seed, **(extra or {})}
             static = [f"127.0.0.1:{nodes[0].port}"] if nodes else []
             node = Node(node_config(tmp / f"n{i}", ids[i], static, worker), ids[i], rng=random.Random(i))
             await node.start()
@@ -199,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch threads per node")
+    p.add_argument("--seed", type=int, default=0, help="the adapter's initial weights and the data order")
+    p.add_argument("--lora-targets", default="query,value", help="modules LoRA adapts (BERT: query,value)")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
