@@ -12,6 +12,11 @@ labels alone (no labels of its own). Compared on the SST-2 dev set (872 GLUE dev
 - frozen probes of the student (E's bench, same HDC space / ridge probe / split): `ceiling` (gold
   labels on the 2000-text labelled shard), `anchors-teacher` and `anchors-soft` (its probe on the N
   anchors labelled by *this* LoRA teacher: hard labels / ridge onto the soft probabilities).
+- with `--aligned-epochs E`, the teacher's *aligned knowledge* too (bench_transfer's wire-honest ridge
+  arm: its ternary anchor vectors and a ridge probe on its frozen HDC vectors of its gold shard):
+  `frozen-aligned` (that map + probe on the student's test vectors) and `student-lora-aligned` (the
+  student's LoRA on the anchors' soft labels plus the rest of the anchor pool, texts it holds
+  unlabelled, pseudo-labelled through the map; E epochs).
 
 With `--teacher-source mesh` the teacher is not trained by this bench: the `trainer` worker trains it
 on real daemons (bench_trainer's harness: in-process nodes, TLS on loopback, the labelled shard split
