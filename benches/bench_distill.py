@@ -258,9 +258,9 @@ def train_on_mesh(spec: str, texts: Sequence[str], labels: np.ndarray, classes: 
     adapters = [adapter_of(c) for c in checkpoints]
     identical = all(set(a) == set(adapters[0]) and all(np.array_equal(a[k], adapters[0][k]) for k in a)
                     for a in adapters)
-    settings = {"task": dev.name, "model": spec, "train_data": str(workdir / "shard0" / "train.jsonl"),
-                "lora_rank": 8, "lora_alpha": 16, "lora_targets": targets, "max_length": ms.max_len,
-                "batch_size": ms.batch_size, "seed": seed, "device": "cpu", "threads": threads, **extra}
+    # node 0's own settings (run_arm's layout), so the teacher is rebuilt exactly as the worker built it
+    settings = bench_trainer.worker_settings(ns, ms.codec, spec, workdir / "shard0" / "train.jsonl",
+                                             workdir / "dev" / "dev.jsonl", ms.nodes, extra)
     teacher = MeshTeacher(settings, checkpoints[0])
     # the rebuilt teacher must be the worker's model: same accuracy on the sample the worker evaluated last
     rebuilt = float((teacher.predict_logits([r["text"] for r in dev_rows]).argmax(1)

@@ -118,6 +118,17 @@ def quick_world(tmp: Path) -> tuple[str, list[list[dict[str, Any]]], list[dict[s
     return str(tmp / "model"), [rows(64) for _ in range(2)], rows(64)
 
 
+def worker_settings(args: argparse.Namespace, codec: str, model: str, train_path: Path, eval_path: Path, nodes: int,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The trainer worker's settings on every node of an arm (callers rebuild the worker's model from them)."""
+    return {"task": "sst2", "model": model, "train_data": str(train_path), "eval_data": str(eval_path),
+            "lora_rank": 8, "lora_alpha": 16, "lora_targets": args.lora_targets.split(","), "lr": args.lr,
+            "batch_size": args.batch, "max_length": args.max_len, "steps_per_round": args.steps,
+            "rounds": args.rounds, "codec": codec, "round_deadline": 600.0, "hello_interval": 1.0,
+            "member_timeout": 60.0, "join_wait": 0.5, "min_peers": nodes - 1, "device": "cpu",
+            "threads": args.threads, "seed": args.seed, **(extra or {})}
+
+
 async def run_arm(args: argparse.Namespace, codec: str, model: str, shards: list[list[dict[str, Any]]],
                   dev: list[dict[str, Any]], tmp: Path, *, classes: Sequence[str] = ("negative", "positive"),
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -130,12 +141,7 @@ async def run_arm(args: argparse.Namespace, codec: str, model: str, shards: list
     try:
         for i, shard in enumerate(shards):
             train_path = write_rows(tmp / f"shard{i}" / "train.jsonl", shard, classes)
-            worker = {"task": "sst2", "model": model, "train_data": str(train_path), "eval_data": str(eval_path),
-                      "lora_rank": 8, "lora_alpha": 16, "lora_targets": args.lora_targets.split(","), "lr": args.lr,
-                      "batch_size": args.batch, "max_length": args.max_len, "steps_per_round": args.steps,
-                      "rounds": args.rounds, "codec": codec, "round_deadline": 600.0, "hello_interval": 1.0,
-                      "member_timeout": 60.0, "join_wait": 0.5, "min_peers": len(shards) - 1, "device": "cpu",
-                      "threads": args.threads, "seed": args.seed, **(extra or {})}
+            worker = worker_settings(args, codec, model, train_path, eval_path, len(shards), extra)
             static = [f"127.0.0.1:{nodes[0].port}"] if nodes else []
             node = Node(node_config(tmp / f"n{i}", ids[i], static, worker), ids[i], rng=random.Random(i))
             await node.start()
