@@ -57,9 +57,17 @@ async def test_three_daemons_find_each_other_over_mdns_and_gossip_exactly_once(m
         got_b, got_c, got_a = inbox(b), inbox(c), inbox(a)
         body = vectors(1)
         pid = await a.publish(body)
-        # b and c each get the packet from a and once more from each other: wait for those copies too.
-        await wait_for(lambda: b.metrics.get("packets.duplicate") >= 1 and c.metrics.get("packets.duplicate") >= 1,
-                       "the relayed copies to arrive")
+        # b and c each relay a's packet to the other unless the other's relay reached them before a's own
+        # copy (then it came from their only other peer): at least one relay, every relay arriving as a
+        # duplicate. Wait until each relayed copy has arrived, so a wrong second delivery would show.
+        def relayed() -> int:
+            return b.metrics.get("packets.forwarded") + c.metrics.get("packets.forwarded")
+
+        def duplicates() -> int:
+            return b.metrics.get("packets.duplicate") + c.metrics.get("packets.duplicate")
+
+        await wait_for(lambda: relayed() >= 1 and duplicates() == relayed(), "the relayed copies to arrive")
+        assert a.metrics.get("packets.forwarded") == 0 and a.metrics.get("packets.duplicate") == 0
         assert [p.packet_id for p in got_b] == [pid] and [p.packet_id for p in got_c] == [pid]
         assert got_b[0].body == body and got_a == []
         # the control API reports the same over the unix socket
