@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -32,11 +31,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from meshnode import identity as idm  # noqa: E402
 from meshnode.config import Config, parse_config  # noqa: E402
 from meshnode.node import Node  # noqa: E402
+from meshnode.sim.identities import simulated_mesh  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "sst2"
 RESULTS = ROOT / "benches" / "results"
@@ -131,20 +131,15 @@ def worker_settings(args: argparse.Namespace, codec: str, model: str, train_path
             "threads": args.threads, "seed": args.seed, **(extra or {})}
 
 
-def bench_node_key(seed: int, index: int) -> Ed25519PrivateKey:
-    """The same node key for the same (seed, index) on every run."""
-    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"meshnode bench node {seed} {index}".encode()).digest())
-
-
 async def run_arm(args: argparse.Namespace, codec: str, model: str, shards: list[list[dict[str, Any]]],
                   dev: list[dict[str, Any]], tmp: Path, *, classes: Sequence[str] = ("negative", "positive"),
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every node's worker checkpoints under tmp/n<i>/data/workers/lora/ (kept: callers may read them)."""
-    ca = idm.init_mesh(tmp / "mesh")
-    # Node keys from the seed: the worker mixes its node id into its data order, so fresh keys would make
-    # every run train on a different order (loopback only, throw-away directory: nothing to keep secret).
-    ids = [idm.init_node(tmp / f"id{i}", ca, f"bench-{i}", key=bench_node_key(args.seed, i))
-           for i in range(len(shards))]
+    # Keys from the seed: the worker mixes its node id into its data order, so fresh keys would make every
+    # run train on a different order (loopback only, throw-away directory: nothing to keep secret).
+    mesh = simulated_mesh(tmp / "ids", [f"bench-{i}" for i in range(len(shards))], args.seed,
+                          now=datetime.now(timezone.utc))
+    ids = list(mesh.values())
     eval_path = write_rows(tmp / "dev" / "dev.jsonl", dev, classes)
     nodes: list[Node] = []
     t0 = time.perf_counter()

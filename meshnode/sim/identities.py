@@ -1,5 +1,5 @@
 """A simulated mesh's identities, derived from the scenario seed: same seed, same keys, same
-certificates (issued for the virtual epoch), so a run is reproducible byte for byte. These keys are
+certificates (issued for the virtual epoch by default), so a run is reproducible byte for byte. These keys are
 as secret as the seed: they are for simulations only."""
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ def _serial(seed: int, label: str) -> int:
     return (int.from_bytes(_derive(seed, "serial/" + label), "big") >> 97) | (1 << 158)
 
 
-def simulated_mesh(directory: Path, names: Iterable[str], seed: int) -> dict[str, NodeIdentity]:
+def simulated_mesh(directory: Path, names: Iterable[str], seed: int,
+                   now: _dt.datetime | None = None) -> dict[str, NodeIdentity]:
     """A mesh CA and one identity per name under `directory` (written as node files, as `mesh init`
-    and `node init` would)."""
-    now = _dt.datetime.fromtimestamp(EPOCH_US / 1e6, tz=_dt.timezone.utc)
+    and `node init` would), issued at `now`: the virtual epoch unless given (daemons on the real clock,
+    e.g. a bench's, need the real time, or the certificates have long expired)."""
+    now = now or _dt.datetime.fromtimestamp(EPOCH_US / 1e6, tz=_dt.timezone.utc)
     ca = init_mesh(directory / "mesh", force=True, now=now,
                    key=Ed25519PrivateKey.from_private_bytes(_derive(seed, "ca")), serial=_serial(seed, "ca"))
     return {name: init_node(directory / "nodes" / name, ca, name, force=True, now=now,
