@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.skipif(REASON is not None, reason=f"netns lab unavaila
 
 def received_bits(lab, i: int) -> tuple[int, float, float]:
     """Bits node i has read from its peers, with the monotonic times just before and after the query: each
-    query is a `meshnode peers` process, and its start-up takes long enough (0.3-1 s, longer under load)
+    query is a `meshnode peers` process, and its start-up takes long enough (0.25 s here, longer under load)
     to skew a window that is timed once for all three nodes."""
     start = time.monotonic()
     bits = sum(p["bytes_in"] for p in lab.query(i) or []) * 8
