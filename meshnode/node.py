@@ -50,7 +50,8 @@ from .net.tcp import TlsTransport
 from .net.transport import Listener, Stream, Transport, TransportError
 from .wire.packet import Hello, Packet, Signer, encode_packet, set_hop_limit
 from .wire.session import HelloReceived, Session
-from .workers.base import PacketHandler, Worker, WorkerContext, load_worker_class
+from .workers.base import PacketHandler, Worker, WorkerContext
+from .workers.registry import load_worker_class
 
 __all__ = ["Node", "run_daemon"]
 
@@ -515,7 +516,8 @@ class Node:
                 storage.mkdir(parents=True, exist_ok=True)
                 ctx = WorkerContext(node_id=self.node_id, node_name=self.name, storage=storage,
                                     logger=logging.getLogger(f"meshnode.worker.{wc.name}"), metrics=entry.metrics,
-                                    clock=self.clock, bus=_WorkerBus(self, entry), run_blocking=run_blocking)
+                                    clock=self.clock, bus=_WorkerBus(self, entry), run_blocking=run_blocking,
+                                    local_worker=self._local_worker)
                 await entry.worker.start(ctx)
                 entry.state = "running"
                 log.info("worker %s (%s) started", wc.name, wc.type)
@@ -523,6 +525,9 @@ class Node:
                 entry.state, entry.error = "failed", f"{type(e).__name__}: {e}"
                 self.metrics.inc("workers.errors")
                 log.exception("worker %s (%s) failed to start; the daemon goes on without it", wc.name, wc.type)
+
+    def _local_worker(self, name: str) -> Worker | None:
+        return next((e.worker for e in self._workers if e.name == name), None)
 
     async def _stop_workers(self) -> None:
         for entry in self._workers:
@@ -576,6 +581,10 @@ class Node:
         from .control import ControlError
 
         able = [e for e in self._workers if e.state == "running" and callable(getattr(e.worker, "classify", None))]
+        if worker is None and len(able) > 1:
+            # a worker that answers through another (a transfer student with a learner) is not a second answer
+            names = {e.name for e in able}
+            able = [e for e in able if getattr(e.worker, "classifies_through", None) not in names]
         if worker is not None:
             able = [e for e in able if e.name == worker]
             if not able:

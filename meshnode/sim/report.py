@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -27,6 +28,17 @@ def _size(n: float) -> str:
 
 def _drops(d: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
+
+
+def _acc(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _accuracy_rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(node, worker, series) for every worker series in the report, in report order. Reports written
+    before accuracy was recorded have no "accuracy" key: they simply have none."""
+    return [(node, worker, series) for node, n in report["nodes"].items()
+            for worker, series in (n.get("accuracy") or {}).items()]
 
 
 def _ms(v: float | None) -> str:
@@ -105,6 +117,17 @@ def print_summary(report: dict[str, Any], console: Console, *, wall_s: float | N
         nodes.add_row(name + state, _size(n["bytes_sent"]), _size(n["bytes_received"]),
                       f"{c.get('links.opened', 0)}/{c.get('links.closed', 0)}", _drops(drops), workers)
     console.print(nodes)
+    acc_rows = _accuracy_rows(report)
+    if acc_rows:
+        acc = Table("node", "worker", "model", "role", "first", "final", "points", title="accuracy",
+                    header_style="bold")
+        for node, worker, series in acc_rows:
+            points = series["over_time"]
+            # Worker and model names come from config files and worker status: escape rich markup.
+            acc.add_row(escape(node), escape(worker), escape(str(series["model"] or "-")),
+                        escape(str(series["role"])), _acc(points[0][1] if points else None),
+                        _acc(series["final"]), str(len(points)))
+        console.print(acc)
     for f in report["flows"]:
         t = Table("receiver", "delivered", "ratio", "duplicates", "latency p50", "p99", "max",
                   title=f"flow {f['index']}: {f['from']} -> {f['topic']!r}, {f['published']} of {f['count']} "
@@ -130,7 +153,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    """PNG of delivered bytes per second on each link over simulated time."""
+    """PNG of delivered bytes per second on each link over simulated time and, when any worker
+    reported an accuracy, a second panel below with each node's workers' accuracy over the same time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +162,11 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 
     timeline = report["timeline"]
     bin_s = timeline["bin_s"]
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    acc_rows = [r for r in _accuracy_rows(report) if r[2]["over_time"]]
+    if acc_rows:
+        fig, (ax, acc_ax) = plt.subplots(2, 1, figsize=(10, 8), dpi=100, sharex=True, height_ratios=(5, 3))
+    else:
+        fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     for name, row in timeline["bytes"].items():
         if any(row):
             ax.plot([i * bin_s for i in range(len(row))], [b * 8 / bin_s / 1e3 for b in row], label=name,
@@ -152,6 +180,29 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{report['scenario']} (seed {report['seed']})")
     if ax.has_data():
         ax.legend(fontsize=7, ncols=2)
+    if acc_rows:
+        _plot_accuracy(acc_ax, report, acc_rows)
+        ax.set_xlabel("")                      # shared with the panel below, labelled there
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_accuracy(ax: Any, report: dict[str, Any], rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Accuracy as a step function (a point holds until the next change), each line extended to the
+    end of the run so the final value is visible."""
+    end = report["sim_time_s"]
+    for node, worker, series in rows:
+        points = series["over_time"]
+        ts = [p[0] for p in points]
+        accs = [p[1] for p in points]
+        if ts[-1] < end:
+            ts.append(end)
+            accs.append(accs[-1])
+        label = f"{node}/{worker}" + (f" ({series['model']})" if series["model"] else "")
+        ax.step(ts, accs, where="post", label=label, linewidth=1.2)
+    for e in report["events"]:
+        ax.axvline(e["at"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("eval accuracy")
+    ax.legend(fontsize=7, ncols=2)

@@ -3,8 +3,10 @@
 The runner plays the scenario's traffic (signed vectors packets, published through the nodes' normal
 publish path), records every delivery to a subscriber (exactly once? how late?), applies the timed
 events (cut / restore a link, kill / restart a node, change a link's profile) and stops at the stop
-condition. Everything random is derived from the scenario seed, and the report holds no wall-clock
-figure, so the same seed gives a byte-identical report.
+condition. It also samples every running node's workers at a fixed simulated interval and keeps each
+worker's eval accuracy over time (a learning curve per node and worker). Everything random is
+derived from the scenario seed, and the report holds no wall-clock figure, so the same seed gives a
+byte-identical report.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -32,11 +35,21 @@ from ..wire.packet import Packet, VectorBlock, Vectors
 from .identities import simulated_mesh
 from .scenario import Event, Flow, Scenario, ScenarioError
 
-__all__ = ["Progress", "Simulation", "run_scenario"]
+__all__ = ["ACCURACY_MAX_POINTS", "ACCURACY_SAMPLE_S", "AccuracySeries", "Progress", "Simulation",
+           "run_scenario"]
 
 log = logging.getLogger("meshnode.sim")
 
 SPACE = b"meshnode-sim/v1"
+
+# Workers' accuracy is sampled every this many simulated seconds: a worker evaluates after a training
+# round or a fit, which takes seconds at least, so 1 s resolves every change without costing much (a
+# status() call per worker per simulated second). Not a scenario key: it is a property of the report.
+ACCURACY_SAMPLE_S = 1.0
+# A series holds at most this many points; on reaching it, every second point is dropped (see
+# AccuracySeries.add), so a very long run keeps its whole curve at half the resolution instead of
+# growing without bound or losing its beginning.
+ACCURACY_MAX_POINTS = 10_000
 
 
 @dataclass
@@ -64,6 +77,47 @@ class Progress:
     peers: dict[str, int]
 
 
+@dataclass
+class AccuracySeries:
+    """One worker's eval accuracy over simulated time, across the node's incarnations: a point
+    [t, accuracy] is kept when the accuracy differs from the last one kept, so it is a step function.
+    None (not evaluated yet, e.g. after a restart) and non-finite values are not recorded: the series
+    holds the last known value until a new one is seen."""
+
+    type: str
+    model: str | None = None
+    role: str | None = None
+    points: list[list[float]] = field(default_factory=list)
+    max_points: int = ACCURACY_MAX_POINTS
+
+    def add(self, t: float, accuracy: float) -> bool:
+        """Record `accuracy` seen at `t` if it changed; return whether a point was added."""
+        if self.points and self.points[-1][1] == accuracy:
+            return False
+        self.points.append([round(t, 3), accuracy])
+        if len(self.points) >= self.max_points:
+            # Halve the resolution: keep the even-indexed points and always the newest, which is the
+            # value in force now (dropping a step point extends the previous value, a fair coarsening).
+            newest = self.points[-1]
+            self.points = self.points[:-1:2] + [newest]
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "model": self.model, "role": self.role or self.type,
+                "final": self.points[-1][1] if self.points else None,
+                "over_time": [list(p) for p in self.points]}
+
+
+def _accuracy_of(status: Any) -> float | None:
+    """The worker status' accuracy as a finite float, or None (absent, None, not a number, NaN)."""
+    if not isinstance(status, dict):
+        return None
+    value = status.get("accuracy")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 class Simulation:
     def __init__(self, scenario: Scenario, *, workdir: Path, capture_dir: Path | None = None,
                  on_progress: Callable[[Progress], None] | None = None, progress_interval: float = 1.0) -> None:
@@ -89,6 +143,9 @@ class Simulation:
             self._neighbours[link.b].add(link.a)
         self.identities: dict[str, NodeIdentity] = {}
         self.configs: dict[str, Config] = {}
+        # node -> worker name -> its accuracy series (insertion order: first seen first, so the report
+        # is the same on every run)
+        self.accuracy: dict[str, dict[str, AccuracySeries]] = {n: {} for n in scenario.node_names}
 
     # ------------------------------------------------------------------ setting up
 
@@ -113,7 +170,10 @@ class Simulation:
             if spec.workers:
                 data["workers"] = [dict(w) for w in spec.workers]
             try:
-                self.configs[spec.name] = parse_config(data, base_dir=self.workdir, check_files=True)
+                # source: the scenario file, so that the workers' relative paths (data, anchors) mean
+                # "next to the scenario", as they mean "next to node.toml" for a daemon
+                self.configs[spec.name] = parse_config(data, base_dir=self.workdir, source=sc.source,
+                                                       check_files=True)
             except ConfigError as e:
                 where = "defaults.limits" if e.key.startswith("limits.") and e.key[7:] in sc.defaults \
                     and e.key[7:] not in spec.limits else f"nodes.{spec.name}"
@@ -167,6 +227,9 @@ class Simulation:
                  *(loop.create_task(self._play_flow(i), name=f"sim-flow-{i}") for i in range(len(self.flows)))]
         if self.on_progress is not None:
             tasks.append(loop.create_task(self._report_progress(), name="sim-progress"))
+        if any(spec.workers for spec in sc.nodes):
+            # Only where there are workers: a scenario without any keeps exactly the timers it had.
+            tasks.append(loop.create_task(self._sample_accuracy_loop(), name="sim-accuracy"))
         stopped_by = "time"
         try:
             remaining = sc.stop.time - loop.time()
@@ -178,9 +241,19 @@ class Simulation:
                     await asyncio.sleep(min(sc.stop.settle, sc.stop.time - loop.time()))
                 except TimeoutError:
                     pass
+            elif sc.stop.when == "trained":
+                try:
+                    async with asyncio.timeout(remaining):
+                        while not self._trained():
+                            await asyncio.sleep(ACCURACY_SAMPLE_S)
+                    stopped_by = "trained"
+                    await asyncio.sleep(min(sc.stop.settle, sc.stop.time - loop.time()))
+                except TimeoutError:
+                    pass
             else:
                 await asyncio.sleep(remaining)
             end = loop.time()
+            self._sample_accuracy()              # the value in force at the end, even between samples
             report = self._report(end, stopped_by)
         finally:
             for task in tasks:
@@ -190,6 +263,13 @@ class Simulation:
         if self.on_progress is not None:
             self.on_progress(self._progress())
         return report
+
+    def _trained(self) -> bool:
+        """Every running node's trainer workers are done (or failed: they will not train any more)."""
+        states = [w["status"].get("state") if w["state"] == "running" and isinstance(w.get("status"), dict)
+                  else "failed" for node in self.nodes.values() if node is not None
+                  for w in node.workers() if w["type"] == "trainer"]
+        return bool(states) and all(s in ("done", "failed") for s in states)
 
     async def _watch_ready(self) -> None:
         while not self._all_linked():
@@ -265,6 +345,7 @@ class Simulation:
             node = self.nodes.get(event.node)
             if node is None:
                 return "ignored: not running"
+            self._sample_accuracy()              # what the node knew when it died
             net.crash(event.node)
             self.nodes[event.node] = None
             with contextlib.suppress(Exception):
@@ -284,6 +365,34 @@ class Simulation:
         while True:
             self.on_progress(self._progress())
             await asyncio.sleep(self.progress_interval)
+
+    async def _sample_accuracy_loop(self) -> None:
+        while True:
+            self._sample_accuracy()
+            await asyncio.sleep(ACCURACY_SAMPLE_S)
+
+    def _sample_accuracy(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for name, node in self.nodes.items():
+            if node is None:
+                continue
+            series = self.accuracy[name]
+            for w in node.workers():
+                status = w.get("status")
+                accuracy = _accuracy_of(status)
+                if accuracy is None:
+                    continue
+                s = series.get(w["name"])
+                if s is None:
+                    s = series[w["name"]] = AccuracySeries(type=w["type"])
+                assert isinstance(status, dict)
+                s.type = w["type"]
+                model, role = status.get("model"), status.get("role")
+                # Names from a worker's status end up in the report and on a terminal: keep them short
+                # strings (the summary table escapes them).
+                s.model = str(model)[:128] if model is not None else s.model
+                s.role = str(role)[:32] if role else s.role
+                s.add(now, accuracy)
 
     def _progress(self) -> Progress:
         loop = asyncio.get_running_loop()
@@ -334,6 +443,7 @@ class Simulation:
                 "running": node is not None, "incarnations": self.incarnation[name],
                 "bytes_sent": per_node_sent[name], "bytes_received": per_node_recv[name],
                 "counters": dict(sorted(counters.items())), "workers": workers,
+                "accuracy": {w: s.to_dict() for w, s in self.accuracy[name].items()},
             }
         flows = self._flow_summaries()
         every = [r for f in flows for r in f["receivers"].values()]

@@ -4,6 +4,7 @@ docs/SIM.md describes the format."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import tomllib
@@ -22,7 +23,7 @@ __all__ = [
 
 TOPOLOGIES = ("full_mesh", "line", "star", "explicit")
 ACTIONS = ("cut", "restore", "kill", "restart", "set_profile")
-STOP_WHEN = ("time", "delivered")
+STOP_WHEN = ("time", "delivered", "trained")
 MAX_NODES = 256
 MAX_FLOW_PACKETS = 1_000_000
 
@@ -81,7 +82,8 @@ class Event:
 @dataclass(frozen=True)
 class Stop:
     time: float                     # the run ends at this simulated time at the latest
-    when: str = "time"              # "delivered": as soon as every flow reached all its receivers
+    when: str = "time"              # "delivered": as soon as every flow reached all its receivers;
+                                    # "trained": as soon as every trainer worker is done (or failed)
     settle: float = 0.0             # simulated seconds to keep running after "delivered"
 
 
@@ -97,6 +99,7 @@ class Scenario:
     stop: Stop
     defaults: Mapping[str, Any] = field(default_factory=dict)   # [limits] for every node
     listen_port: int = 7000
+    source: Path | None = None      # the file it came from: relative paths in worker settings resolve there
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -361,6 +364,10 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
                 stop_r.get("settle", float, 0.0, check=_at_least(0.0)))
     if stop.when == "delivered" and not flows:
         raise ScenarioError("stop.when", "\"delivered\" needs at least one [[traffic]] flow")
+    if stop.when == "trained" and not any(
+            w["type"] == "trainer" and isinstance(w["settings"].get("rounds"), int) and w["settings"]["rounds"] > 0
+            for n in nodes for w in n.workers):
+        raise ScenarioError("stop.when", "\"trained\" needs a trainer worker with settings.rounds > 0")
 
     events: list[Event] = []
     for er in top.tables("events"):
@@ -402,4 +409,4 @@ def load_scenario(path: str | Path) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError("", f"not valid TOML: {e}", source=p) from None
-    return parse_scenario(data, name=p.stem, source=p)
+    return dataclasses.replace(parse_scenario(data, name=p.stem, source=p), source=p.absolute())

@@ -2,10 +2,8 @@
 
 A worker never touches sockets: the daemon hands it a `WorkerContext` (publish, subscribe, identity,
 storage, logger, metrics, clock, an executor for heavy work) and starts and stops it with itself.
-Third-party workers register a `Worker` subclass under the entry-point group `meshnode.workers`:
-
-    [project.entry-points."meshnode.workers"]
-    my-worker = "my_package.module:MyWorker"
+Which class a `type` names is the registry's business (registry.py), not this module's: the
+built-in workers import this one, so this one imports none of them.
 """
 
 from __future__ import annotations
@@ -15,15 +13,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from ..clock import Clock
 from ..metrics import Metrics
 from ..wire.packet import Packet
-
-ENTRY_POINT_GROUP = "meshnode.workers"
 
 T = TypeVar("T")
 PacketHandler = Callable[[Packet], Awaitable[None] | None]
@@ -57,6 +52,9 @@ class WorkerContext:
     clock: Clock
     bus: Publisher
     run_blocking: Callable[..., Awaitable[Any]]   # run_blocking(fn, *args): off the event loop
+    # Another worker of this daemon by name (None if there is none): how workers compose, e.g. a
+    # transfer teacher that teaches what a trainer on the same node trained.
+    local_worker: Callable[[str], Worker | None] = lambda name: None
 
     async def publish(self, body: Any, *, hop_limit: int | None = None) -> bytes:
         return await self.bus.publish(body, hop_limit=hop_limit)
@@ -142,26 +140,3 @@ class TaskWorker(Worker):
                 t.cancel()
             await asyncio.gather(sleeper, waker, return_exceptions=True)
         wake.clear()
-
-
-def builtin_workers() -> dict[str, type[Worker]]:
-    from .heartbeat import HeartbeatWorker  # local import: built-ins load only when asked for
-    from .trainer import TrainerWorker
-    from .transfer import TransferWorker
-
-    return {cls.type_name: cls for cls in (HeartbeatWorker, TrainerWorker, TransferWorker)}
-
-
-def load_worker_class(type_name: str) -> type[Worker]:
-    """A built-in worker, or one registered under the `meshnode.workers` entry-point group."""
-    builtins = builtin_workers()
-    if type_name in builtins:
-        return builtins[type_name]
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == type_name:
-            cls = ep.load()
-            if not (isinstance(cls, type) and issubclass(cls, Worker)):
-                raise WorkerSettingsError(f"entry point {ep.value} for worker {type_name!r} is not a Worker subclass")
-            return cls
-    known = sorted(set(builtins) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
-    raise WorkerSettingsError(f"unknown worker type {type_name!r} (known: {', '.join(known)})")

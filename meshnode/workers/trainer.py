@@ -19,7 +19,10 @@ import asyncio
 import collections
 import json
 import math
+import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..atomic import write_atomic
+from ..control import ControlError
 from ..hdc.delta import FUSED_NAME, Codec, DeltaCompressor, Float32Codec, codec_by_name
 from ..wire.packet import Delta, Packet, Signer, encode_packet
 from .base import TaskWorker, WorkerContext, WorkerSettingsError
@@ -51,13 +55,38 @@ from .trainer_protocol import (
 )
 from .trainer_settings import TrainerSettings, parse_settings
 
-__all__ = ["CHECKPOINT", "ROUNDS_LOG", "TrainerWorker"]
+__all__ = ["CHECKPOINT", "ROUNDS_LOG", "Prediction", "TaughtRows", "TrainerWorker"]
 
 CHECKPOINT = "adapter.safetensors"
 ROUNDS_LOG = "rounds.jsonl"
 HISTORY = 50                 # rounds kept for status
 SNAPSHOT_GAP_S = 2.0         # at most one snapshot per requester this often
 POLL_S = 0.25                # how often a waiting round re-checks member liveness
+
+
+MAX_CLASSIFY_TEXTS = 1024
+MAX_CLASSIFY_CHARS = 20000
+
+
+@dataclass(frozen=True)
+class TaughtRows:
+    """Rows a teacher labelled for this trainer, handed over by a transfer student on the same node:
+    texts and their soft targets (N x C probabilities in `classes` order), and where they came from."""
+
+    texts: tuple[str, ...]
+    classes: tuple[str, ...]
+    targets: np.ndarray
+    source: Mapping[str, Any]        # teacher, version digest, teacher round, ... (shown in the status)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Class probabilities of the synchronised adapter, and which adapter that was."""
+
+    probs: np.ndarray                # (N, C)
+    classes: tuple[str, ...]
+    position: Position
+    accuracy: float | None           # the last eval accuracy of that adapter, if evaluated
 
 
 def _norm2(tensors: Mapping[str, np.ndarray]) -> float:
@@ -95,6 +124,16 @@ class TrainerWorker(TaskWorker):
         self._bytes_received_round = 0
         self._encodings: list[str] = []                # trit encodings the last delta used (ternary codecs)
         self._size_signer = Signer.generate()          # sizes of what we publish, signature included
+        # The model is used by the round loop and by predict() (a local teacher, the control API), each
+        # in an executor thread: one at a time.
+        self._model_lock = threading.Lock()
+        self._prepared = asyncio.Event()
+        self._has_rows = asyncio.Event()
+        self._pending_rows: TaughtRows | None = None
+        self._taught: dict[str, Any] | None = None
+        self._accuracy: float | None = None
+        self._initial_accuracy: float | None = None
+        self._round_listeners: list[Callable[[], Awaitable[None]]] = []
 
     def _make_codec(self) -> Codec:
         cfg = self.cfg
@@ -140,6 +179,8 @@ class TrainerWorker(TaskWorker):
             self.ctx.logger.warning("trainer %s: cannot restore the checkpoint (%s: %s); starting fresh", self.name,
                                     type(e).__name__, e)
             self._restored = None
+        # Where this node starts, so that a learner's status (and meshnode sim's curves) show what it learnt.
+        self._initial_accuracy = self._accuracy = model.evaluate()
 
     def _set_position(self, pos: Position, *, reset: bool = False) -> None:
         self._pos = pos
@@ -211,7 +252,17 @@ class TrainerWorker(TaskWorker):
         ctx, cfg = self.ctx, self.cfg
         await ctx.run_blocking(self._prepare)
         assert self._key is not None
+        self._prepared.set()
         ctx.subscribe(cfg.topic, self._on_packet)
+        if self._model.labelled_rows:
+            self._has_rows.set()
+        else:
+            # A learner with nothing taught yet stays out of the group (no hellos: no member waits for
+            # its deltas) and joins, catching up from its peers, once a teacher's rows arrive.
+            self._state = "waiting-teacher"
+            ctx.logger.info("trainer %s: no train_data; waiting for rows taught by a local transfer student",
+                            self.name)
+            await self._has_rows.wait()
         self._spawn(self._hello_loop(), f"worker:{self.name}:hello")
         ctx.logger.info("trainer %s: group %s schema %s, %d trainable values in %d chunk(s), codec %s", self.name,
                         self._key.group.hex()[:16], self._key.schema.hex()[:16], self._model.numel, len(self._parts),
@@ -277,11 +328,12 @@ class TrainerWorker(TaskWorker):
 
     def _adopt_snapshot(self, pos: Position, tensors: dict[str, np.ndarray], now_us: int) -> None:
         assert self._book is not None
-        self._synced = {n: tensors[n].astype(np.float32) for n in self._synced}
-        self._model.load(self._synced)
+        with self._model_lock:
+            self._synced = {n: tensors[n].astype(np.float32) for n in self._synced}
+            self._model.load(self._synced)
+            self._set_position(pos, reset=True)
         for comp in self._compressors:
             comp.reset()   # the residual belongs to the lineage we left
-        self._set_position(pos, reset=True)
         self._book.forget_before(pos.round)
         self._save(now_us)
 
@@ -291,7 +343,7 @@ class TrainerWorker(TaskWorker):
         r, base = self._pos.round, self._pos.base
         self._state = "training"
         t0 = time.perf_counter()
-        loss = await ctx.run_blocking(self._model.train, cfg.steps_per_round)
+        loss = await ctx.run_blocking(self._train, cfg.steps_per_round)
         t_train = time.perf_counter() - t0
         if self._pos.round != r:   # pragma: no cover - only the main loop moves the position
             return
@@ -313,14 +365,19 @@ class TrainerWorker(TaskWorker):
         t_wait = time.perf_counter() - t1
         mean, used, other = self._book.merge(r, base, own)
         self._state = "merging"
-        accuracy, t_merge, t_eval = await ctx.run_blocking(self._apply_merge, mean, len(used), ctx.clock.wall_us())
+        evaluate = (r + 1) % cfg.eval_every == 0 or (cfg.rounds > 0 and r + 1 >= cfg.rounds)
+        accuracy, t_merge, t_eval = await ctx.run_blocking(self._apply_merge, mean, len(used), ctx.clock.wall_us(),
+                                                           evaluate)
+        if accuracy is not None:
+            self._accuracy = accuracy
         received, self._bytes_received_round = self._bytes_received_round, 0
         record = {
             "round": r, "merged": len(used), "senders": [n.hex()[:16] for n in used],
             "missing": [n.hex()[:16] for n in missing], "other_lineage": [n.hex()[:16] for n in other],
             "codec": cfg.codec, "encodings": self._encodings, "bytes_sent": sent, "bytes_received": received,
             "rel_error": round(rel_error, 6), "loss": round(loss, 6) if math.isfinite(loss) else None,
-            "accuracy": accuracy, "train_s": round(t_train, 3), "wait_s": round(t_wait, 3),
+            "accuracy": accuracy, "epoch": round(self._model.epoch, 3), "step": self._model.steps,
+            "train_s": round(t_train, 3), "wait_s": round(t_wait, 3),
             "merge_s": round(t_merge, 3), "eval_s": round(t_eval, 3),
             "base": self._pos.base.hex(), "time_us": ctx.clock.wall_us(),
         }
@@ -331,15 +388,30 @@ class TrainerWorker(TaskWorker):
         if missing:
             ctx.metrics.inc("rounds_short")
         await ctx.run_blocking(self._log_round, record)
+        for listener in list(self._round_listeners):
+            try:
+                await listener()
+            except Exception as e:  # a local teacher's failure costs its version, not our training
+                ctx.metrics.inc("listener_errors")
+                ctx.logger.exception("trainer %s: a round listener failed: %s", self.name, e)
         ctx.logger.info("trainer %s: round %d merged %d delta(s)%s, sent %d B (%s, rel. error %.3f), loss %s, "
                         "accuracy %s", self.name, r, len(used), f", missing {len(missing)}" if missing else "", sent,
                         cfg.codec, rel_error, record["loss"], accuracy)
+
+    def _train(self, steps: int) -> float:
+        """Blocking: take newly taught rows (between two rounds, so a round trains on one set), then train."""
+        with self._model_lock:
+            rows, self._pending_rows = self._pending_rows, None
+            if rows is not None:
+                self._model.set_targets(rows.texts, rows.targets)
+            return self._model.train(steps)
 
     def _compress(self, r: int, loss: float) -> tuple[list[Delta], dict[str, np.ndarray], float]:
         """Blocking: this round's delta bodies, what every receiver decodes from them, and the
         relative error of that against what was to be sent (delta plus carried residual)."""
         assert self._key is not None
-        adapter = self._model.adapter()
+        with self._model_lock:
+            adapter = self._model.adapter()
         delta = {n: adapter[n] - self._synced[n] for n in self._synced}
         records, decoded = [], {}
         err2 = total2 = 0.0
@@ -363,14 +435,18 @@ class TrainerWorker(TaskWorker):
         self._encodings = sorted({r.trits.encoding.name.lower() for r in records if r.trits is not None})
         return bodies, decoded, math.sqrt(err2 / total2) if total2 > 0 else 0.0
 
-    def _apply_merge(self, mean: dict[str, np.ndarray], merged: int, now_us: int) -> tuple[float | None, float, float]:
+    def _apply_merge(self, mean: dict[str, np.ndarray], merged: int, now_us: int, evaluate: bool = True
+                     ) -> tuple[float | None, float, float]:
         """Blocking: apply the mean, checkpoint, evaluate; (accuracy, merge seconds, eval seconds)."""
         assert self._key is not None
         t0 = time.perf_counter()
-        self._synced = {n: self._synced[n] + mean[n] for n in self._synced}
-        self._model.load(self._synced)
-        self._set_position(Position(self._pos.round + 1, digest_of(self._key.layout, self._synced),
-                                    self._pos.weight + merged))
+        with self._model_lock:
+            synced = {n: self._synced[n] + mean[n] for n in self._synced}
+            self._model.load(synced)
+            # adapter and position change together under the lock, so predict() sees a matching pair
+            self._synced = synced
+            self._set_position(Position(self._pos.round + 1, digest_of(self._key.layout, self._synced),
+                                        self._pos.weight + merged))
         assert self._book is not None
         self._book.forget_before(self._pos.round)
         try:
@@ -379,7 +455,10 @@ class TrainerWorker(TaskWorker):
             self.ctx.metrics.inc("checkpoint_errors")
             self.ctx.logger.error("trainer %s: cannot write the checkpoint: %s", self.name, e)
         t1 = time.perf_counter()
-        accuracy = self._model.evaluate()
+        if not evaluate:
+            return None, t1 - t0, 0.0
+        with self._model_lock:
+            accuracy = self._model.evaluate()
         return accuracy, t1 - t0, time.perf_counter() - t1
 
     def _log_round(self, record: dict[str, Any]) -> None:
@@ -500,6 +579,88 @@ class TrainerWorker(TaskWorker):
             await ctx.publish(body)
         ctx.metrics.inc("snapshots_sent")
 
+    # ------------------------------------------------------------------------------------ local API
+    # What other workers of this daemon use (a transfer teacher that teaches this adapter, a transfer
+    # student that hands it rows), and the control API's classify.
+
+    @property
+    def position(self) -> Position:
+        return self._pos
+
+    @property
+    def accuracy(self) -> float | None:
+        """The last eval accuracy (the initial one before any round), None without eval_data."""
+        return self._accuracy
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self._model.classes) if self._model is not None else ()
+
+    def add_round_listener(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """`await listener()` after every merged round, before the next one starts (a local transfer
+        teacher makes its versions there, so they fall on the rounds its settings name)."""
+        self._round_listeners.append(listener)
+
+    async def wait_prepared(self) -> None:
+        await self._prepared.wait()
+
+    async def teach(self, rows: TaughtRows) -> None:
+        """Train on `rows` from the next round on (they replace rows taught before: a newer teacher
+        version warm-starts from the adapter as it is). Raises TrainerRefused (code
+        `classes_mismatch` or `bad_rows`) for rows this model cannot use."""
+        await self._prepared.wait()
+        own = self.classes
+        if set(rows.classes) != set(own) or len(rows.classes) != len(own):
+            raise TrainerRefused("classes_mismatch", f"taught classes {list(rows.classes)[:16]} are not this "
+                                                     f"trainer's {list(own)[:16]}")
+        t = np.asarray(rows.targets)
+        if t.ndim != 2 or t.shape != (len(rows.texts), len(own)) or not len(rows.texts):
+            raise TrainerRefused("bad_rows", f"targets of shape {t.shape} for {len(rows.texts)} texts and "
+                                             f"{len(own)} classes")
+        t = t.astype(np.float64)
+        sums = t.sum(axis=1)
+        if not np.isfinite(t).all() or (t < 0).any() or not (sums > 0).all():
+            raise TrainerRefused("bad_rows", "targets must be finite, non-negative, and not all zero in a row")
+        order = [list(rows.classes).index(c) for c in own]      # the teacher's column of each of our classes
+        targets = (t[:, order] / sums[:, None]).astype(np.float32)
+        self._pending_rows = TaughtRows(tuple(rows.texts), own, targets, dict(rows.source))
+        self._taught = {**dict(rows.source), "rows": len(rows.texts), "received_at_us": self.ctx.clock.wall_us()}
+        self.ctx.metrics.inc("taught_versions")
+        self.ctx.logger.info("trainer %s: %d taught rows from %s", self.name, len(rows.texts),
+                             str(rows.source.get("teacher", "?"))[:16])
+        self._has_rows.set()
+
+    async def predict(self, texts: Sequence[str]) -> Prediction:
+        """Class probabilities of `texts` under the synchronised adapter (not this round's local steps)."""
+        if not self._prepared.is_set():
+            raise ControlError(f"trainer {self.name} is not ready ({self._state}"
+                               f"{': ' + self._error if self._error else ''})")
+        return await self.ctx.run_blocking(self._predict_blocking, list(texts))
+
+    def _predict_blocking(self, texts: list[str]) -> Prediction:
+        with self._model_lock:
+            synced, pos, accuracy = self._synced, self._pos, self._accuracy
+            local = self._model.adapter()
+            self._model.load(synced)
+            try:
+                probs = self._model.predict(texts)
+            finally:
+                self._model.load(local)
+        return Prediction(probs, tuple(self._model.classes), pos, accuracy)
+
+    async def classify(self, texts: Sequence[str]) -> dict[str, Any]:
+        """The control API's classify: the synchronised adapter's answer for `texts`."""
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ControlError("texts must be a non-empty list of strings")
+        if len(texts) > MAX_CLASSIFY_TEXTS or any(len(t) > MAX_CLASSIFY_CHARS for t in texts):
+            raise ControlError(f"at most {MAX_CLASSIFY_TEXTS} texts of at most {MAX_CLASSIFY_CHARS} characters")
+        pred = await self.predict(texts)
+        self.ctx.metrics.inc("classified", len(texts))
+        return {"worker": self.name, "task": self.cfg.task, "role": "trainer", "classes": list(pred.classes),
+                "labels": [pred.classes[int(i)] for i in pred.probs.argmax(axis=1)],
+                "scores": [[round(float(v), 6) for v in row] for row in pred.probs], "accuracy": pred.accuracy,
+                "round": pred.position.round, "base": pred.position.base.hex()}
+
     # ------------------------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
@@ -521,8 +682,14 @@ class TrainerWorker(TaskWorker):
             live = self._book.live(self.ctx.clock.monotonic())
             out["members"] = {n.hex(): {"round": m.position.round, "base": m.position.base.hex()}
                               for n, m in sorted(live.items())}
+        if self._model is not None:
+            out.update(epoch=round(self._model.epoch, 3), step=self._model.steps,
+                       rows={"labelled": self._model.labelled_rows, "taught": len(self._model.taught_texts)})
+        out["taught"] = self._taught
+        out["accuracy"] = self._accuracy
+        out["initial_accuracy"] = self._initial_accuracy
         if self._history:
             out["last_round"] = self._history[-1]
-            out["accuracy"] = self._history[-1]["accuracy"]
+            out["loss"] = self._history[-1]["loss"]
         out["history"] = list(self._history)
         return out

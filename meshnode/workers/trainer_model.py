@@ -75,16 +75,24 @@ class LoraModel:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.train_data = _load(cfg.train_data, cfg.train_split, cfg, cfg.max_train, "training")
-        if len(self.train_data) == 0:
-            raise ValueError(f"{cfg.train_data}: no training rows")
-        self.classes = self.train_data.classes
+        self.train_data: LabeledTexts | None = None
+        if cfg.train_data is not None:
+            self.train_data = _load(cfg.train_data, cfg.train_split, cfg, cfg.max_train, "training")
+            if len(self.train_data) == 0:
+                raise ValueError(f"{cfg.train_data}: no training rows")
         self.eval_data: LabeledTexts | None = None
         if cfg.eval_data is not None:
             self.eval_data = _load(cfg.eval_data, cfg.eval_split, cfg, cfg.max_eval, "eval")
-            if self.eval_data.classes != self.classes:
-                raise ValueError(f"eval classes {list(self.eval_data.classes)} differ from the training classes "
-                                 f"{list(self.classes)}")
+        named = self.train_data or self.eval_data
+        self.classes: tuple[str, ...] = named.classes if named is not None else tuple(cfg.classes or ())
+        if len(self.classes) < 2:
+            raise ValueError(f"a classifier needs at least two classes, got {list(self.classes)}")
+        if self.eval_data is not None and self.eval_data.classes != self.classes:
+            raise ValueError(f"eval classes {list(self.eval_data.classes)} differ from the training classes "
+                             f"{list(self.classes)}")
+        # Rows taught by a teacher through a local transfer student: texts and soft targets (set_targets).
+        self.taught_texts: tuple[str, ...] = ()
+        self.taught_targets = np.zeros((0, len(self.classes)), np.float32)
         path, self.source = checkpoint_path(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir())
         self.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         with _LOAD_LOCK:
@@ -114,6 +122,7 @@ class LoraModel:
         self.rng = np.random.default_rng([cfg.seed, *node_id[:8]])
         self.order: list[int] = []
         self.steps = 0
+        self.rows_seen = 0          # rows drawn since the last change of data, for the epoch count
 
     def _initialise(self, seed: int) -> None:
         """Every trainable tensor from `seed` alone, as peft and transformers would initialise them
@@ -141,22 +150,69 @@ class LoraModel:
                              return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
+    @property
+    def labelled_rows(self) -> int:
+        return len(self.train_data) if self.train_data is not None else 0
+
+    @property
+    def rows(self) -> int:
+        """Rows one epoch draws: this node's labelled rows, then the taught ones."""
+        return self.labelled_rows + len(self.taught_texts)
+
+    @property
+    def epoch(self) -> float:
+        return self.rows_seen / self.rows if self.rows else 0.0
+
+    def set_targets(self, texts: tuple[str, ...], targets: np.ndarray) -> None:
+        """Replace the taught rows (a newer teacher version replaces the older one; the adapter and the
+        optimizer go on from where they are: a warm start). `targets` are (N, C) probabilities in this
+        model's class order, checked by the caller."""
+        if targets.shape != (len(texts), len(self.classes)):
+            raise ValueError(f"targets are {targets.shape}, expected ({len(texts)}, {len(self.classes)})")
+        self.taught_texts = tuple(texts)
+        self.taught_targets = np.ascontiguousarray(targets, dtype=np.float32)
+        self.order, self.rows_seen = [], 0
+
+    def _row(self, i: int) -> tuple[str, int | None, np.ndarray | None]:
+        """Row i of the epoch: a labelled row (text, label, None) or a taught one (text, None, target)."""
+        n = self.labelled_rows
+        if i < n:
+            assert self.train_data is not None
+            return self.train_data.texts[i], int(self.train_data.labels[i]), None
+        return self.taught_texts[i - n], None, self.taught_targets[i - n]
+
     def train(self, steps: int) -> float:
-        """`steps` AdamW steps on shuffled local batches; the mean training loss."""
-        torch, data, bs = self.torch, self.train_data, self.cfg.batch_size
+        """`steps` AdamW steps on shuffled batches of every row this node has; the mean training loss.
+        A batch of labelled rows only is plain cross-entropy (as transformers computes it); a batch
+        with taught rows is cross-entropy against soft targets, a taught row weighted `anchor_weight`."""
+        torch, bs = self.torch, self.cfg.batch_size
+        total = self.rows
+        if total == 0:
+            raise ValueError("no rows to train on: no train_data and nothing taught yet")
         losses = []
         for _ in range(steps):
-            if len(self.order) < min(bs, len(data)):
-                self.order = [int(i) for i in self.rng.permutation(len(data))]
+            if len(self.order) < min(bs, total):
+                self.order = [int(i) for i in self.rng.permutation(total)]
             take, self.order = self.order[:bs], self.order[bs:]
-            batch = self._batch([data.texts[i] for i in take])
-            labels = torch.as_tensor(data.labels[take], device=self.device)
-            out = self.model(**batch, labels=labels)
+            rows = [self._row(i) for i in take]
+            batch = self._batch([r[0] for r in rows])
+            if all(r[2] is None for r in rows):
+                labels = torch.as_tensor([r[1] for r in rows], device=self.device)
+                loss = self.model(**batch, labels=labels).loss
+            else:
+                c = len(self.classes)
+                target = np.stack([np.eye(c, dtype=np.float32)[r[1]] if r[2] is None else r[2] for r in rows])
+                weight = np.array([1.0 if r[2] is None else self.cfg.anchor_weight for r in rows], np.float32)
+                logits = self.model(**batch).logits.float()
+                per_row = -(torch.as_tensor(target, device=self.device) * torch.log_softmax(logits, dim=-1)).sum(-1)
+                w = torch.as_tensor(weight, device=self.device)
+                loss = (per_row * w).sum() / w.sum()
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             self.optimizer.step()
-            losses.append(float(out.loss.detach()))
+            losses.append(float(loss.detach()))
             self.steps += 1
+            self.rows_seen += len(take)
         return float(np.mean(losses)) if losses else float("nan")
 
     def adapter(self) -> dict[str, np.ndarray]:

@@ -36,7 +36,9 @@ SETTINGS: dict[str, _Key] = {
     "task": _Key((str,), REQUIRED, "Task name; nodes sync only with nodes of the same task, base model and adapter "
                  "schema (topic `trainer/<task>`)."),
     "model": _Key((str,), REQUIRED, "Base model: hub id, local checkpoint directory or offline package (minilm)."),
-    "train_data": _Key((str,), REQUIRED, "This node's labeled training data: dataset directory or jsonl(.gz) file."),
+    "train_data": _Key((str,), None, "This node's labeled training data: dataset directory or jsonl(.gz) file. "
+                       "Optional: a learner without labels trains on what a local transfer student hands it "
+                       "(then `classes` or `eval_data` names the classes)."),
     "train_split": _Key((str,), "train", "Split of train_data when it is a directory."),
     "eval_data": _Key((str,), None, "Labeled eval set (directory or jsonl) for the accuracy reported each round."),
     "eval_split": _Key((str,), "dev", "Split of eval_data when it is a directory."),
@@ -51,6 +53,9 @@ SETTINGS: dict[str, _Key] = {
     "batch_size": _Key((int,), 16, "Training batch size."),
     "max_length": _Key((int,), 128, "Tokens per text (longer texts are truncated)."),
     "steps_per_round": _Key((int,), 10, "Local optimizer steps between two syncs (K)."),
+    "anchor_weight": _Key((int, float), 1.0, "Weight of a teacher-labelled anchor row in the loss, against 1 for "
+                          "a row of train_data (rows come from a local transfer student's `learner` link)."),
+    "eval_every": _Key((int,), 1, "Evaluate on eval_data every this many merged rounds (and after the last)."),
     "rounds": _Key((int,), 0, "Stop training after this many merged rounds (0: train until stopped)."),
     "codec": _Key((str,), "ternary-ef", f"Delta codec: {', '.join(CODECS)}."),
     "block": _Key((int,), 256, "Block size of the int8 and ternary codecs (a power of two for ternary-rht)."),
@@ -76,7 +81,7 @@ SETTINGS: dict[str, _Key] = {
 class TrainerSettings:
     task: str
     model: str
-    train_data: Path
+    train_data: Path | None
     train_split: str
     eval_data: Path | None
     eval_split: str
@@ -90,6 +95,8 @@ class TrainerSettings:
     batch_size: int
     max_length: int
     steps_per_round: int
+    anchor_weight: float
+    eval_every: int
     rounds: int
     codec: str
     block: int
@@ -148,7 +155,8 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
     task = values["task"]
     if not 1 <= len(task.encode()) <= 128 or any(c.isspace() or c == "/" for c in task):
         raise _fail(worker, "task", "1..128 bytes, no whitespace or '/'")
-    for key in ("max_train", "max_eval", "lora_rank", "batch_size", "max_length", "steps_per_round", "block"):
+    for key in ("max_train", "max_eval", "lora_rank", "batch_size", "max_length", "steps_per_round", "block",
+                "eval_every"):
         if values[key] < 1:
             raise _fail(worker, key, f"must be >= 1, got {values[key]}")
     if values["threads"] is not None and values["threads"] < 1:
@@ -156,7 +164,7 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
     for key in ("rounds", "min_peers"):
         if values[key] < 0:
             raise _fail(worker, key, f"must be >= 0, got {values[key]}")
-    for key in ("lr", "lora_alpha", "round_deadline", "hello_interval", "member_timeout"):
+    for key in ("lr", "lora_alpha", "round_deadline", "hello_interval", "member_timeout", "anchor_weight"):
         if not values[key] > 0:
             raise _fail(worker, key, f"must be > 0, got {values[key]}")
     if values["join_wait"] is None:
@@ -183,7 +191,11 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
         raise _fail(worker, "device", f'expected "cpu" or "cuda", got {values["device"]!r}')
     values["classes"] = _names(worker, "classes", values["classes"])
     values["lora_targets"] = _names(worker, "lora_targets", values["lora_targets"])
-    for key in ("lora_alpha", "lr", "threshold", "round_deadline", "hello_interval", "member_timeout", "join_wait"):
+    if values["train_data"] is None and values["classes"] is None and values["eval_data"] is None:
+        raise _fail(worker, "train_data", "a trainer without train_data (a learner) needs classes or eval_data "
+                                          "to know its classes")
+    for key in ("lora_alpha", "lr", "anchor_weight", "threshold", "round_deadline", "hello_interval",
+                "member_timeout", "join_wait"):
         values[key] = float(values[key])
     for key in ("train_data", "eval_data", "cache_dir"):
         if values[key] is not None:

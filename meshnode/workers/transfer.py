@@ -39,9 +39,19 @@ from ..data import LabeledTexts
 from ..hdc.knowledge import LinearKnowledge, PredictionKnowledge, PrototypeKnowledge
 from ..hdc.space import Space
 from ..wire.packet import Knowledge, Packet, Vectors
-from .anchors import AnchorSet, load_anchor_set
+from .anchors import MAX_ANCHORS, AnchorSet, load_anchor_set
 from .base import TaskWorker, WorkerContext
-from .transfer_model import StudentFit, TeacherFit, accuracy_against, fit_student, fit_teacher
+from .trainer import Prediction, TaughtRows, TrainerWorker
+from .trainer_protocol import TrainerRefused
+from .transfer_model import (
+    StudentFit,
+    TeacherFit,
+    accuracy_against,
+    fit_student,
+    fit_teacher,
+    fit_teacher_from_predictions,
+    taught_targets,
+)
 from .transfer_protocol import (
     Assembly,
     Expectation,
@@ -69,6 +79,12 @@ RESULT_JSON = "result.json"
 # ImportError (seen with two transfer workers starting in one daemon): load one model at a time.
 _MODEL_LOAD_LOCK = threading.Lock()
 RECEIVED = "received.safetensors"
+_MAX_STUDENTS = 1024        # students whose last request a teacher remembers (one entry per node id)
+_DONE_MAX = 4096            # versions remembered as evaluated (so a republished one is not fitted again)
+_FIT_GAP_S = 5.0            # at most one fit per teacher this often: a member spamming versions costs one
+                            # fit per gap, not one per packet; a version that comes sooner waits its turn
+_LOGGED_MAX = 1024          # (sender, reason) pairs whose refusal was logged: each logs once, all are counted
+_VERSION_POLL_S = 1.0       # how often a trainer-backed teacher checks whether its first version is made
 
 
 def _load_labeled(path: Path, split: str, classes: tuple[str, ...] | None, limit: int, seed: int) -> LabeledTexts:
@@ -117,10 +133,19 @@ class TransferWorker(TaskWorker):
         self._wake = asyncio.Event()
         self._rounds = 0
         self._last_round: float | None = None
-        self._students: set[bytes] = set()
+        self._students: dict[bytes, str] = {}     # student -> what it last asked for (newest last)
+        self._trainer: TrainerWorker | None = None   # teacher with `trainer`, student with `learner`
+        self._anchors: AnchorSet | None = None
+        self._anchor_trits: np.ndarray | None = None
+        self._center: np.ndarray | None = None
+        self._version: dict[str, Any] | None = None
+        self._versions = 0
+        self._initial_accuracy: float | None = None
         # student
         self._assemblies: dict[tuple[bytes, bytes], Assembly] = {}
-        self._done: set[tuple[bytes, bytes]] = set()
+        self._done: dict[tuple[bytes, bytes], None] = {}      # insertion-ordered: the oldest go first
+        self._last_fit: dict[bytes, float] = {}               # teacher -> when its last fit started
+        self._logged: dict[tuple[bytes, str], None] = {}
         self._fitting: set[tuple[bytes, bytes]] = set()
         self._fit_lock = asyncio.Lock()
         self._fit: StudentFit | None = None
@@ -128,6 +153,21 @@ class TransferWorker(TaskWorker):
         self._candidates: dict[str, dict[str, Any]] = {}
         self._hello_adopted_pending = False
         self._fit_error: str | None = None
+        self._knowledge: dict[str, Any] | None = None   # what the adopted fit was made from
+        self._pool: tuple[str, ...] = ()
+        self._pool_emb: np.ndarray | None = None
+        self._taught: dict[str, Any] | None = None
+
+    @property
+    def classifies_through(self) -> str | None:
+        """The local trainer worker whose adapter answers classify for this worker, if any."""
+        return self.cfg.trainer if self.cfg.role == "teacher" else self.cfg.learner
+
+    def _local_trainer(self, key: str, name: str) -> TrainerWorker:
+        worker = self.ctx.local_worker(name)
+        if not isinstance(worker, TrainerWorker):
+            raise ValueError(f"workers.{self.name}.settings.{key}: this node has no trainer worker named {name!r}")
+        return worker
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -139,19 +179,22 @@ class TransferWorker(TaskWorker):
 
     # ------------------------------------------------------------------------------------ shared
 
-    def _prepare_common(self) -> AnchorSet:
-        """Blocking: anchor set, model, anchor embeddings, eval set."""
+    def _prepare_common(self, *, embed_eval: bool = True) -> AnchorSet:
+        """Blocking: anchor set, model, anchor embeddings, eval set (`embed_eval`)."""
         from ..models import Embedder, default_cache_dir
 
         cfg = self.cfg
         anchors = load_anchor_set(cfg.anchors, name=cfg.anchor_set, max_texts=cfg.max_anchors)
+        self._anchors = anchors
         self._exp = Expectation(cfg.task, self.space, anchors.name, len(anchors), anchors.hash)
+        if cfg.role == "teacher" and cfg.trainer is not None and not {"linear", "prototypes"} & set(cfg.knowledge):
+            return anchors   # predictions only: the trainer's model makes them, no frozen embedder needed
         with _MODEL_LOAD_LOCK:
             self._embedder = Embedder.from_spec(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir(),
                                                 device=cfg.device, batch_size=cfg.batch_size,
                                                 max_length=cfg.max_length)
         self._anchor_emb = self._embed(anchors.texts)
-        if cfg.eval_data is not None:
+        if cfg.eval_data is not None and embed_eval:
             self._eval = _load_labeled(cfg.eval_data, cfg.eval_split, cfg.classes, cfg.max_eval, cfg.seed)
             self._eval_emb = self._embed(self._eval.texts)
         return anchors
@@ -165,8 +208,20 @@ class TransferWorker(TaskWorker):
         self.ctx.metrics.inc(f"refused.{err.code}")
         self._last_refusal = {"reason": err.code, "detail": err.detail, "from": origin.hex(),
                               "time_us": self.ctx.clock.wall_us()}
-        self.ctx.logger.warning("transfer %s: refused a message from %s: %s: %s", self.name, origin.hex()[:16],
-                                err.code, err.detail)
+        key = (origin, err.code)
+        if key in self._logged:
+            return   # counted above; a member sending the same bad message all day must not fill the log
+        self._logged[key] = None
+        while len(self._logged) > _LOGGED_MAX:
+            del self._logged[next(iter(self._logged))]
+        self.ctx.logger.warning("transfer %s: refused a message from %s: %s: %s (further ones from it for this "
+                                "reason are only counted)", self.name, origin.hex()[:16], err.code, err.detail)
+
+    def _remember_done(self, key: tuple[bytes, bytes]) -> None:
+        self._done.pop(key, None)
+        self._done[key] = None
+        while len(self._done) > _DONE_MAX:
+            del self._done[next(iter(self._done))]
 
     # ------------------------------------------------------------------------------------ teacher
 
@@ -198,10 +253,30 @@ class TransferWorker(TaskWorker):
             pred = fit.scores(self.space, self._eval_emb, cfg.tau).argmax(axis=1)
             self._accuracy = accuracy_against(pred, fit.linear.classes, self._eval.labels, self._eval.classes)
 
+    def _prepare_trainer_teacher(self) -> None:
+        """Blocking: anchors, and the frozen anchor vectors a map student needs (linear/prototypes)."""
+        self._prepare_common(embed_eval=False)
+        if self._anchor_emb is not None:
+            self._center = self._anchor_emb.mean(axis=0)
+            self._anchor_trits = self.space.encode(self._anchor_emb, center=self._center, tau=self.cfg.tau)
+
     async def _teacher_main(self) -> None:
-        ctx = self.ctx
-        await ctx.run_blocking(self._prepare_teacher)
-        ctx.subscribe(self.cfg.topic, self._on_teacher_packet)
+        ctx, cfg = self.ctx, self.cfg
+        if cfg.trainer is not None:
+            self._trainer = self._local_trainer("trainer", cfg.trainer)
+            await ctx.run_blocking(self._prepare_trainer_teacher)
+            ctx.subscribe(cfg.topic, self._on_teacher_packet)
+            self._state = "waiting-trainer"
+            trainer = self._trainer
+            self._initial_accuracy = None
+            await trainer.wait_prepared()
+            self._initial_accuracy = trainer.accuracy
+            trainer.add_round_listener(lambda: self._on_trainer_round(trainer))
+            while self._digest is None:
+                await self.sleep_or_wake(_VERSION_POLL_S, self._wake)
+        else:
+            await ctx.run_blocking(self._prepare_teacher)
+            ctx.subscribe(cfg.topic, self._on_teacher_packet)
         self._state = "publishing"
         ctx.logger.info("transfer %s: teacher of %r ready (digest %s)", self.name, self.cfg.task,
                         self._digest.hex()[:16] if self._digest else "-")
@@ -212,6 +287,50 @@ class TransferWorker(TaskWorker):
                     await ctx.clock.sleep(gap)
             await self._publish_round()
             await self.sleep_or_wake(self.cfg.republish_interval, self._wake)
+
+    async def _on_trainer_round(self, trainer: TrainerWorker) -> None:
+        """Called by the trainer after each merged round (it waits for us, so versions fall on the
+        rounds the settings name, however fast it trains): a new version of what this teacher teaches
+        after `publish_every` merged rounds, an eval accuracy `publish_margin` above the last version's,
+        or the trainer's last round."""
+        cfg = self.cfg
+        pos, acc = trainer.position, trainer.accuracy
+        last = self._version or {"round": 0, "accuracy": self._initial_accuracy}
+        if pos.round <= last["round"]:
+            return
+        last_acc = last["accuracy"]
+        due = (pos.round - last["round"] >= cfg.publish_every
+               or (acc is not None and last_acc is not None and acc >= last_acc + cfg.publish_margin)
+               or 0 < trainer.cfg.rounds <= pos.round)
+        if not due:
+            return
+        pred = await trainer.predict(self._anchors.texts if self._anchors is not None else ())
+        await self.ctx.run_blocking(self._make_version, pred, self.ctx.clock.wall_us())
+        # every student known gets the new version as it last asked for it (adopted students no
+        # longer say hello)
+        self._pending.update(self._students)
+        self._wake.set()
+
+    def _make_version(self, pred: Prediction, now_us: int) -> None:
+        """Blocking: knowledge bodies and digest of the trainer's predictions on the anchors. (`now_us`
+        comes from the caller: meshnode sim's virtual clock is read on the event loop only.)"""
+        cfg = self.cfg
+        assert self._exp is not None
+        fit = fit_teacher_from_predictions(pred.probs, pred.classes, self._exp.anchor_hash, self._anchor_trits,
+                                           self._center, forms=cfg.knowledge, predictions=cfg.predictions)
+        info = {"model": cfg.model, "trainer": cfg.trainer, "trainer_round": pred.position.round,
+                "adapter": pred.position.base.hex(), "accuracy": pred.accuracy}
+        bodies = knowledge_bodies(cfg.topic, self._exp, fit.forms, half=cfg.half, info=info)
+        anchors_sent = fit.anchor_trits if cfg.send_anchors != "never" and fit.anchor_trits.size else None
+        digest = content_digest(self._exp, anchors_sent, bodies)
+        self._bodies, self._teacher, self._digest = with_digest(bodies, digest), fit, digest
+        self._accuracy = pred.accuracy
+        self._versions += 1
+        self._version = {"round": pred.position.round, "adapter": pred.position.base.hex(), "accuracy": pred.accuracy,
+                         "digest": digest.hex(), "made_at_us": now_us}
+        self.ctx.metrics.inc("versions")
+        self.ctx.logger.info("transfer %s: version %d from trainer %s round %d (accuracy %s)", self.name,
+                             self._versions, cfg.trainer, pred.position.round, pred.accuracy)
 
     async def _publish_round(self) -> None:
         ctx, cfg = self.ctx, self.cfg
@@ -228,7 +347,8 @@ class TransferWorker(TaskWorker):
             if "predictions" in wants:
                 forms.add("predictions")
             if "anchors" in wants:
-                forms |= {"linear", "prototypes"}
+                # predictions too, when published: a student with a learner trains on them (a few kB)
+                forms |= {"linear", "prototypes", "predictions"}
                 wants_anchors = wants_anchors or cfg.send_anchors == "on_request"
             if not forms & set(cfg.knowledge):
                 ctx.metrics.inc("unserved_requests")
@@ -240,7 +360,7 @@ class TransferWorker(TaskWorker):
             if body.form in forms:
                 await ctx.publish(body)
                 ctx.metrics.inc(f"published.{body.form}")
-        if wants_anchors:
+        if wants_anchors and self._teacher.anchor_trits.size:
             chunks = anchor_chunks(cfg.topic, self._exp, self._teacher.anchor_trits, self._digest, cfg.chunk_bytes)
             for i, chunk in enumerate(chunks):
                 if i and cfg.chunk_interval:
@@ -261,7 +381,10 @@ class TransferWorker(TaskWorker):
             return
         assert isinstance(hello, StudentHello)
         self.ctx.metrics.inc("student_hellos")
-        self._students.add(packet.origin)
+        self._students.pop(packet.origin, None)
+        self._students[packet.origin] = hello.wants
+        while len(self._students) > _MAX_STUDENTS:   # bounded: forget the student heard least recently
+            del self._students[next(iter(self._students))]
         if hello.adopted != self._digest:
             self._pending[packet.origin] = hello.wants
             self._wake.set()
@@ -270,6 +393,8 @@ class TransferWorker(TaskWorker):
 
     def _prepare_student(self) -> None:
         self._prepare_common()
+        if self.cfg.pool is not None:
+            self._pool = load_anchor_set(self.cfg.pool, name="pool", max_texts=MAX_ANCHORS).texts
         try:
             self._restore()
         except Exception as e:  # a damaged or foreign state file must not keep the student from learning anew
@@ -280,7 +405,11 @@ class TransferWorker(TaskWorker):
 
     async def _student_main(self) -> None:
         ctx, cfg = self.ctx, self.cfg
+        if cfg.learner is not None:
+            self._trainer = self._local_trainer("learner", cfg.learner)
         await ctx.run_blocking(self._prepare_student)
+        if self._fit is not None and self._knowledge is not None and self._adopted is not None:
+            await self._teach_learner(self._fit, self._knowledge, self._adopted)   # restored: no teacher needed
         ctx.subscribe(cfg.topic, self._on_student_packet)
         if self._fit is None:
             self._state = "waiting"
@@ -359,6 +488,19 @@ class TransferWorker(TaskWorker):
     async def _fit_version(self, asm: Assembly) -> None:
         key = (asm.teacher, asm.digest)
         try:
+            wait = _FIT_GAP_S - (self.ctx.clock.monotonic() - self._last_fit.get(asm.teacher, -_FIT_GAP_S))
+            if wait > 0:
+                self.ctx.metrics.inc("deferred.fit_rate")
+                await self.ctx.clock.sleep(wait)
+                newer = [a for k, a in self._assemblies.items() if k[0] == asm.teacher and k != key
+                         and a.ready_for(self.cfg.needs_anchors) and a.updated > asm.updated]
+                if newer:   # a later version of this teacher is ready: fit that one instead
+                    self.ctx.metrics.inc("ignored.superseded")
+                    return
+            self._last_fit.pop(asm.teacher, None)
+            self._last_fit[asm.teacher] = self.ctx.clock.monotonic()
+            while len(self._last_fit) > _LOGGED_MAX:
+                del self._last_fit[next(iter(self._last_fit))]
             async with self._fit_lock:
                 if self._fit is None:
                     self._state = "fitting"
@@ -379,19 +521,22 @@ class TransferWorker(TaskWorker):
                 record = {"teacher": asm.teacher.hex(), "digest": asm.digest.hex(), "accuracy": accuracy,
                           "bytes_received": asm.bytes, "packets": asm.packets, "fit_s": round(seconds, 3),
                           "teacher_model": str(info.get("model", ""))[:128], "form": fit.form,
-                          "labels": getattr(knowledge.get(fit.form), "labels", None)}
+                          "labels": getattr(knowledge.get(fit.form), "labels", None),
+                          "teacher_round": info.get("trainer_round") if type(info.get("trainer_round")) is int
+                          else None}
                 self._candidates[asm.teacher.hex()] = record
                 if self._better(record):
                     try:
-                        await self.ctx.run_blocking(self._persist, record, knowledge,
+                        await self.ctx.run_blocking(self._persist, record, knowledge, self.ctx.clock.wall_us(),
                                                     asm.anchors if self.cfg.needs_anchors else None)
                     except OSError as e:  # a full disk costs the restart, not the knowledge
                         self.ctx.metrics.inc("persist_errors")
                         self.ctx.logger.error("transfer %s: cannot save the result: %s", self.name, e)
-                    self._adopt(fit, record, asm.digest)
+                    self._adopt(fit, record, asm.digest, knowledge)
+                    await self._teach_learner(fit, knowledge, record)
         finally:
             self._fitting.discard(key)
-            self._done.add(key)
+            self._remember_done(key)
             self._assemblies.pop(key, None)
             if self._fit is None:
                 self._state = "waiting"
@@ -414,14 +559,21 @@ class TransferWorker(TaskWorker):
 
     def _better(self, record: dict[str, Any]) -> bool:
         cur = self._adopted
-        if cur is None or cur["teacher"] == record["teacher"]:
-            return True   # the first one, or a newer version from the same teacher
+        if cur is not None and cur["teacher"] == record["teacher"]:
+            # a version from the trainer round before the one we hold (gossip reorders) is not newer
+            old, new = cur.get("teacher_round"), record.get("teacher_round")
+            if isinstance(old, int) and isinstance(new, int) and new < old:
+                self.ctx.metrics.inc("ignored.older_version")
+                return False
+            return True
+        if cur is None:
+            return True
         if record["accuracy"] is None or cur["accuracy"] is None:
             return False  # without an eval set, keep the first teacher
         return bool(record["accuracy"] > cur["accuracy"])
 
-    def _adopt(self, fit: StudentFit, record: dict[str, Any], digest: bytes) -> None:
-        self._fit = fit
+    def _adopt(self, fit: StudentFit, record: dict[str, Any], digest: bytes, knowledge: dict[str, Any]) -> None:
+        self._fit, self._knowledge = fit, knowledge
         self._accuracy = record["accuracy"]
         self._adopted = {**record, "digest_bytes": digest, "adopted_at_us": self.ctx.clock.wall_us()}
         self._state = "adopted"
@@ -431,12 +583,46 @@ class TransferWorker(TaskWorker):
         self.ctx.logger.info("transfer %s: adopted %s knowledge of teacher %s (accuracy %s, %d bytes)", self.name,
                              fit.form, record["teacher"][:16], record["accuracy"], record["bytes_received"])
 
+    # ------------------------------------------------------------------------------------ learner
+
+    async def _teach_learner(self, fit: StudentFit, knowledge: dict[str, Any], record: dict[str, Any]) -> None:
+        """Hand the local trainer (`learner`) the anchors with the teacher's labels, and with a map the
+        pool pseudo-labelled through it. A refusal is counted like any other; the worker goes on."""
+        if self._trainer is None:
+            return
+        teacher = bytes.fromhex(record["teacher"]) if isinstance(record.get("teacher"), str) else b""
+        try:
+            rows = await self.ctx.run_blocking(self._taught_rows, fit, knowledge, record)
+            await self._trainer.teach(rows)
+        except TrainerRefused as e:
+            self._refuse(TransferRefused(e.code, e.detail), teacher)
+            return
+        except ValueError as e:
+            self._refuse(TransferRefused("bad_knowledge", str(e)[:300]), teacher)
+            return
+        self._taught = {**dict(rows.source), "rows": len(rows.texts)}
+        self.ctx.metrics.inc("taught")
+
+    def _taught_rows(self, fit: StudentFit, knowledge: dict[str, Any], record: dict[str, Any]) -> TaughtRows:
+        assert self._anchors is not None
+        if self._pool and self._pool_emb is None and self.cfg.needs_anchors:
+            self._pool_emb = self._embed(self._pool)
+        anchors, pool = taught_targets(knowledge, fit, self._anchor_emb, self._pool_emb if self.cfg.needs_anchors
+                                       else None)
+        texts = self._anchors.texts + (self._pool if pool is not None else ())
+        targets = anchors if pool is None else np.vstack([anchors, pool])
+        source = {"teacher": str(record.get("teacher") or "")[:64], "digest": str(record.get("digest") or "")[:64],
+                  "teacher_round": record.get("teacher_round"), "form": fit.form,
+                  "anchors": len(self._anchors.texts), "pool": 0 if pool is None else len(pool)}
+        return TaughtRows(texts, tuple(fit.classes), targets, source)
+
     # ------------------------------------------------------------------------------------ persistence
 
     def _fingerprint(self) -> str:
         return str(self._embedder.fingerprint) if self._embedder is not None else ""
 
-    def _persist(self, record: dict[str, Any], knowledge: dict[str, Any], anchors: np.ndarray | None) -> None:
+    def _persist(self, record: dict[str, Any], knowledge: dict[str, Any], now_us: int,
+                 anchors: np.ndarray | None) -> None:
         from safetensors.numpy import save as st_save
 
         assert self._exp is not None
@@ -453,7 +639,7 @@ class TransferWorker(TaskWorker):
             "forms": sorted(knowledge),
             "labels_by_form": {f: getattr(k, "labels", None) for f, k in knowledge.items()},
             "received_sha256": hashlib.sha256(blob).hexdigest(), "eval_size": len(self._eval.texts) if self._eval else 0,
-            **{k: v for k, v in record.items()}, "saved_at_us": self.ctx.clock.wall_us(),
+            **{k: v for k, v in record.items()}, "saved_at_us": now_us,
         }
         storage = self.ctx.storage
         write_atomic(storage / RECEIVED, blob)        # arrays first: the json names their hash
@@ -496,12 +682,12 @@ class TransferWorker(TaskWorker):
                                                            labels.get("predictions") or "teacher")
         fit, accuracy, _ = self._fit_blocking(knowledge, arrays.get("teacher_anchors"))
         record = {k: doc.get(k) for k in ("teacher", "digest", "bytes_received", "packets", "fit_s", "teacher_model",
-                                          "form", "labels")}
+                                          "form", "labels", "teacher_round")}
         record["accuracy"] = accuracy
-        self._fit, self._accuracy = fit, accuracy
+        self._fit, self._accuracy, self._knowledge = fit, accuracy, knowledge
         digest = bytes.fromhex(doc["digest"])
         self._adopted = {**record, "digest_bytes": digest, "adopted_at_us": doc.get("saved_at_us"), "restored": True}
-        self._done.add((bytes.fromhex(doc["teacher"]), digest))
+        self._remember_done((bytes.fromhex(doc["teacher"]), digest))
         self._hello_adopted_pending = True
         self._state = "adopted"
         log.info("transfer %s: restored knowledge of teacher %s from %s", self.name, doc["teacher"][:16], path)
@@ -514,6 +700,11 @@ class TransferWorker(TaskWorker):
             raise ControlError("texts must be a non-empty list of strings")
         if len(texts) > MAX_CLASSIFY_TEXTS or any(len(t) > MAX_CLASSIFY_CHARS for t in texts):
             raise ControlError(f"at most {MAX_CLASSIFY_TEXTS} texts of at most {MAX_CLASSIFY_CHARS} characters")
+        if self._trainer is not None:
+            # the trained adapter answers, not the frozen probe it learnt beside
+            out = await self._trainer.classify(texts)
+            return {**out, "worker": self.name, "via": self._trainer.name, "role": self.cfg.role,
+                    **({"teacher": self._adopted["teacher"]} if self._adopted is not None else {})}
         if self._fit is None and self._teacher is None:
             raise ControlError(f"worker {self.name} cannot classify yet ({self._state}"
                                f"{': ' + self._error if self._error else ''})")
@@ -549,12 +740,20 @@ class TransferWorker(TaskWorker):
             out["anchors"] = {"name": self._exp.anchor_set, "count": self._exp.anchor_count,
                               "hash": self._exp.anchor_hash.hex()}
         if cfg.role == "teacher":
+            if cfg.trainer is not None:
+                out.update(trainer=cfg.trainer, version=self._version, versions=self._versions)
             out.update(knowledge=list(cfg.knowledge), rounds=self._rounds, students=len(self._students),
                        digest=self._digest.hex() if self._digest else None, train_size=self._train_size,
                        train_accuracy=self._teacher.train_accuracy if self._teacher else None,
                        send_anchors=cfg.send_anchors)
             return out
         out["alignment"] = cfg.alignment
+        if cfg.learner is not None:
+            # `accuracy` above is the frozen route's; the learner's adapter is what classify serves
+            t = self._trainer
+            out["learner"] = {"worker": cfg.learner, "taught": self._taught,
+                              "accuracy": t.accuracy if t is not None else None,
+                              "round": t.position.round if t is not None else None}
         if self._fit_error:
             out["last_fit_error"] = self._fit_error
         out["bytes_received_total"] = self.ctx.metrics.get("bytes_received") if self._ctx is not None else 0
@@ -562,7 +761,8 @@ class TransferWorker(TaskWorker):
             a = self._adopted
             out.update(teacher=a["teacher"], bytes_received=a["bytes_received"], form=a["form"],
                        labels=a["labels"], digest=a["digest"], teacher_model=a["teacher_model"],
-                       adopted_at_us=a["adopted_at_us"], restored=bool(a.get("restored")))
+                       adopted_at_us=a["adopted_at_us"], restored=bool(a.get("restored")),
+                       teacher_round=a.get("teacher_round"))
         out["candidates"] = list(self._candidates.values())
         out["assembling"] = [{"teacher": t.hex(), **asm.progress()} for (t, _), asm in self._assemblies.items()]
         return out

@@ -42,6 +42,8 @@ __all__ = [
     "accuracy_against",
     "fit_student",
     "fit_teacher",
+    "fit_teacher_from_predictions",
+    "taught_targets",
 ]
 
 ANCHOR_LABELS = "anchor-labels"
@@ -83,6 +85,61 @@ def fit_teacher(space: Space, tau: float, anchor_emb: np.ndarray, anchor_hash: b
             raise ValueError(f"unknown knowledge form {form!r}")
     acc = float((linear.predict(train) == labels).mean()) if len(labels) else float("nan")
     return TeacherFit(center, anchors, linear, out, acc)
+
+
+def fit_teacher_from_predictions(probs: np.ndarray, classes: Sequence[str], anchor_hash: bytes,
+                                 anchor_trits: np.ndarray | None, center: np.ndarray | None, *,
+                                 forms: Sequence[str], predictions: str) -> TeacherFit:
+    """A teacher whose knowledge is a fine-tuned model's class probabilities on the anchors (a trainer
+    worker's synchronised adapter), not a probe on labelled data. `predictions` are those
+    probabilities; `linear` (for students with a map) is a ridge probe from the teacher's frozen
+    ternary anchor vectors onto them, `prototypes` the bundled anchor vectors of each predicted class."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(classes) or not np.isfinite(probs).all():
+        raise ValueError(f"predictions of shape {probs.shape} for {len(classes)} classes, or not finite")
+    hard = probs.argmax(axis=1)
+    out: dict[str, Any] = {}
+    linear: LinearKnowledge | None = None
+    needs_vectors = [f for f in forms if f in ("linear", "prototypes")]
+    if needs_vectors and anchor_trits is None:
+        raise ValueError(f"forms {needs_vectors} need the teacher's anchor vectors")
+    for form in forms:
+        if form == "predictions":
+            preds = probs.astype(np.float32) if predictions == "soft" else hard.astype(np.int32)
+            out[form] = PredictionKnowledge(tuple(classes), preds, anchor_hash, labels="teacher")
+        elif form == "linear":
+            assert anchor_trits is not None
+            w, x_mean, y_mean, _ = gcv_ridge(anchor_trits.astype(np.float64), probs)
+            linear = LinearKnowledge(tuple(classes), w.T.astype(np.float32), (y_mean - x_mean @ w).astype(np.float32),
+                                     "teacher")
+            out[form] = linear
+        elif form == "prototypes":
+            assert anchor_trits is not None
+            out[form] = PrototypeKnowledge.fit(anchor_trits, hard, classes, labels_kind="teacher")
+        else:
+            raise ValueError(f"unknown knowledge form {form!r}")
+    if linear is None:   # TeacherFit wants a probe; without vectors this one is never used to score
+        linear = LinearKnowledge(tuple(classes), np.zeros((len(classes), 1), np.float32),
+                                 np.zeros(len(classes), np.float32), "teacher")
+    trits = anchor_trits if anchor_trits is not None else np.zeros((0, 0), np.int8)
+    return TeacherFit(center if center is not None else np.zeros(0, np.float32), trits, linear, out, float("nan"))
+
+
+def taught_targets(knowledge: dict[str, Any], fit: StudentFit, anchor_emb: np.ndarray | None,
+                   pool_emb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """What a student hands its learner: (N, C) targets for the anchors — the teacher's predictions
+    (soft, or one-hot when hard), else the student's fitted route's one-hot labels — and, with a map
+    and a pool, one-hot pseudo-labels of the pool through that route (bench_distill's aligned arm)."""
+    c = len(fit.classes)
+    pk = knowledge.get("predictions")
+    if isinstance(pk, PredictionKnowledge) and tuple(pk.classes) == tuple(fit.classes):
+        anchors = pk.predictions.astype(np.float32) if pk.soft else np.eye(c, dtype=np.float32)[pk.hard_labels()]
+    elif anchor_emb is not None:
+        anchors = np.eye(c, dtype=np.float32)[fit.predict(anchor_emb)]
+    else:
+        raise ValueError("no teacher predictions and no anchor embeddings to label the anchors with")
+    pool = np.eye(c, dtype=np.float32)[fit.predict(pool_emb)] if pool_emb is not None and len(pool_emb) else None
+    return anchors, pool
 
 
 @dataclass

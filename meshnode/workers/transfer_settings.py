@@ -63,7 +63,14 @@ SETTINGS: dict[str, _Key] = {
     "max_length": _Key((int,), 128, BOTH, "Tokens per text (longer texts are truncated)."),
     "seed": _Key((int,), 0, BOTH, "Seed for sampling and the contrastive aligner."),
     # teacher
-    "train_data": _Key((str,), REQUIRED, TEACHER, "Labeled training set (dataset directory or jsonl file)."),
+    "train_data": _Key((str,), REQUIRED, TEACHER, "Labeled training set (dataset directory or jsonl file); "
+                       "not with `trainer`, whose model already learnt from its own data."),
+    "trainer": _Key((str,), None, TEACHER, "Name of a trainer worker on this node: teach what its synchronised "
+                    "adapter predicts on the anchors instead of a frozen probe, and publish a new version as it "
+                    "advances."),
+    "publish_every": _Key((int,), 5, TEACHER, "With `trainer`: a new version after this many merged rounds."),
+    "publish_margin": _Key((int, float), 0.01, TEACHER, "With `trainer`: a new version as soon as the trainer's eval "
+                           "accuracy rose this much over the last version's."),
     "train_split": _Key((str,), "train", TEACHER, "Split of train_data when it is a directory."),
     "max_train": _Key((int,), 20000, TEACHER, "Train on at most this many rows (a seeded sample)."),
     "knowledge": _Key((list,), ["linear", "predictions"], TEACHER, "Knowledge forms to publish: linear, "
@@ -83,6 +90,10 @@ SETTINGS: dict[str, _Key] = {
     "teacher": _Key((str,), None, STUDENT, "Accept only the teacher whose node id starts with this hex."),
     "announce_interval": _Key((int, float), 10.0, STUDENT, "Seconds between hellos until a teacher is adopted."),
     "max_teachers": _Key((int,), 8, STUDENT, "Teacher versions assembled at once (memory: N x D bytes each)."),
+    "learner": _Key((str,), None, STUDENT, "Name of a trainer worker on this node (same task, any train_data or "
+                    "none) that trains its LoRA adapter on the anchors with the teacher's soft labels."),
+    "pool": _Key((str,), None, STUDENT, "With `learner` and a map: more unlabeled texts (file like `anchors`) that "
+                 "the map pseudo-labels for the learner too."),
 }
 
 
@@ -124,6 +135,11 @@ class TransferSettings:
     teacher: str | None
     announce_interval: float
     max_teachers: int
+    trainer: str | None
+    publish_every: int
+    publish_margin: float
+    learner: str | None
+    pool: Path | None
 
     @property
     def needs_anchors(self) -> bool:
@@ -156,9 +172,9 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
             values[key] = None if spec.default is REQUIRED else spec.default
             continue
         if key not in raw:
-            if spec.default is REQUIRED:
+            if spec.default is REQUIRED and not (key == "train_data" and raw.get("trainer") is not None):
                 raise _fail(worker, key, "required")
-            values[key] = spec.default
+            values[key] = None if spec.default is REQUIRED else spec.default
             continue
         v = raw[key]
         if isinstance(v, bool) and bool not in spec.types or not isinstance(v, spec.types):
@@ -169,7 +185,17 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
         check_task_name(values["task"])
     except ValueError as e:
         raise _fail(worker, "task", str(e)) from None
-    for key in ("dim", "batch_size", "max_length", "max_anchors", "max_eval", "max_train", "max_teachers"):
+    if values["trainer"] is not None and values["train_data"] is not None:
+        raise _fail(worker, "train_data", "not used with trainer: the teacher teaches what that trainer's model "
+                                          "learnt from its own train_data")
+    for key in ("trainer", "learner"):
+        if values[key] is not None and not values[key]:
+            raise _fail(worker, key, "expected the name of a trainer worker on this node")
+    if values["pool"] is not None and (values["learner"] is None or values["alignment"] == ANCHOR_LABELS):
+        raise _fail(worker, "pool", "only with learner and a map alignment (ridge, cca, procrustes, contrastive, "
+                                    "none): the map pseudo-labels the pool")
+    for key in ("dim", "batch_size", "max_length", "max_anchors", "max_eval", "max_train", "max_teachers",
+                "publish_every"):
         if values[key] is not None and values[key] < 1:
             raise _fail(worker, key, f"must be >= 1, got {values[key]}")
     if not values["dim"] <= MAX_DIM:
@@ -185,7 +211,7 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
     for key in ("republish_interval", "announce_interval"):
         if values[key] is not None and not values[key] > 0:
             raise _fail(worker, key, f"must be > 0, got {values[key]}")
-    for key in ("min_republish_gap", "chunk_interval"):
+    for key in ("min_republish_gap", "chunk_interval", "publish_margin"):
         if values[key] is not None and not values[key] >= 0:
             raise _fail(worker, key, f"must be >= 0, got {values[key]}")
     if values["chunk_bytes"] is not None and not 1024 <= values["chunk_bytes"] <= MAX_CHUNK_BYTES:
@@ -213,7 +239,9 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
     values["knowledge"] = tuple(forms)
     values["classes"] = tuple(classes) if classes is not None else None
     values["tau"] = float(values["tau"])
-    for key in ("anchors", "eval_data", "cache_dir", "train_data"):
+    if values["publish_margin"] is not None:
+        values["publish_margin"] = float(values["publish_margin"])
+    for key in ("anchors", "eval_data", "cache_dir", "train_data", "pool"):
         if values[key] is not None:
             values[key] = ((base_dir or Path.cwd()) / Path(values[key]).expanduser()).absolute()
     names = {f.name for f in dataclasses.fields(TransferSettings)}

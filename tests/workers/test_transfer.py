@@ -33,7 +33,8 @@ from meshnode.models import Embedder  # noqa: E402
 from meshnode.node import Node  # noqa: E402
 from meshnode.wire.packet import Knowledge, Signer, Tensor, VectorBlock, Vectors, decode_packet, encode_packet  # noqa: E402
 from meshnode.workers.anchors import AnchorSetError, load_anchor_set  # noqa: E402
-from meshnode.workers.base import WorkerSettingsError, load_worker_class  # noqa: E402
+from meshnode.workers.base import WorkerSettingsError  # noqa: E402
+from meshnode.workers.registry import load_worker_class  # noqa: E402
 from meshnode.workers.transfer_model import fit_student, fit_teacher  # noqa: E402
 from meshnode.workers.transfer_protocol import (  # noqa: E402
     Assembly,

@@ -1,0 +1,353 @@
+"""The knowledge loop on real models: does a mixed fleet learn from itself, with no coordinator?
+
+The mesh is deploy/scenarios/heterogeneous.toml (SST-2) or heterogeneous-ag_news.toml, run by
+`meshnode sim` (real Node objects and workers over simulated Wi-Fi links, virtual time that advances
+by the real compute time): two MiniLM-L6 trainers on label-skewed shards (90% of one side each)
+whose transfer teachers teach what their synchronised adapter predicts on 500 anchors, and two
+SmolLM2-135M learners with no labels whose transfer students hand those soft labels to their own
+trainer (LoRA), the two learners syncing with each other. Per seed (the scenario seed, and every
+trainer's `seed`), the same run also measures the baselines a reviewer would ask for:
+
+  (i)   student_frozen_soft       today's default student: a frozen SmolLM2 probe (anchor-labels) on a
+                                  *frozen* MiniLM teacher's soft anchor labels, that teacher a ridge
+                                  probe on the union of both shards' gold labels (what the transfer
+                                  worker's teacher did before trainers could teach);
+  (ii)  student_ceiling           SmolLM2's frozen-probe ceiling: the same probe on all the mesh's
+                                  gold labels (both shards, 2000 texts) in the same HDC space;
+  (iii) student_lora_gold_anchors a SmolLM2 LoRA trained by the trainer's own code on the 500 anchors
+                                  with their *gold* labels, for as many rows as the two learners drew;
+  (iv)  trainers_alone            the two MiniLM trainers as in the mesh, with no learners present.
+
+Final accuracies are on the whole eval set (SST-2 dev, 872; AG News: 1000 test rows), from each
+group's last checkpoint (both nodes of a group hold bit-identical adapters: checked); the curves
+(`accuracy_over_time`, simulated seconds) are the workers' own evals on the first 300 rows, every
+2nd round. Paired 95% CIs: over seeds when there are 3 or more, else a bootstrap over eval items
+(pooled over the seeds run), said in `ci_kind`.
+
+    .venv/bin/python benches/bench_mesh_learning.py --task sst2 --seeds 0,1,2
+    .venv/bin/python benches/bench_mesh_learning.py --task ag_news --seeds 0,1,2
+    .venv/bin/python benches/bench_mesh_learning.py --merge --task sst2      # summary of the seeds done
+
+Every seed writes benches/results/mesh_learning/<task>-seed<k>.json as it finishes; the summary
+(benches/results/mesh_learning.json for SST-2, mesh_learning_ag_news.json) is rebuilt from those.
+Needs `make bench-models` and ../shared/data (the scenario's shards were written from it by
+`python -m meshnode.shards`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+RESULTS = ROOT / "benches" / "results"
+PARTIAL = RESULTS / "mesh_learning"
+SCENARIOS = {"sst2": ROOT / "deploy" / "scenarios" / "heterogeneous.toml",
+             "ag_news": ROOT / "deploy" / "scenarios" / "heterogeneous-ag_news.toml"}
+SOURCES = {"sst2": ("sst2", "train"), "ag_news": ("ag_news", "train")}
+BOOT = 2000
+TRAINERS, LEARNERS = ("m1", "m2"), ("s1", "s2")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def scenario_data(task: str) -> tuple[dict[str, Any], Path]:
+    path = SCENARIOS[task]
+    return tomllib.loads(path.read_text()), path
+
+
+def worker(data: dict[str, Any], node: str, name: str) -> dict[str, Any]:
+    n = next(n for n in data["nodes"] if n["name"] == node)
+    return next(w for w in n["workers"] if w["name"] == name)["settings"]
+
+
+def with_seed(data: dict[str, Any], seed: int, keep: tuple[str, ...] | None = None,
+              scale: float = 1.0) -> dict[str, Any]:
+    """The scenario with `seed` everywhere it matters (links, identities, adapters, data order), only the
+    nodes in `keep`, and rounds scaled by `scale` (for a smoke run)."""
+    out = json.loads(json.dumps(data))
+    out["seed"] = seed
+    if keep is not None:
+        out["nodes"] = [n for n in out["nodes"] if n["name"] in keep]
+    for n in out["nodes"]:
+        for w in n.get("workers", []):
+            if w["type"] == "trainer":
+                w["settings"]["seed"] = seed
+                w["settings"]["rounds"] = max(1, round(w["settings"]["rounds"] * scale))
+    return out
+
+
+def run_mesh(task: str, seed: int, workdir: Path, keep: tuple[str, ...] | None, scale: float) -> dict[str, Any]:
+    from meshnode.sim.runner import run_scenario
+    from meshnode.sim.scenario import parse_scenario
+
+    data, path = scenario_data(task)
+    sc = parse_scenario(with_seed(data, seed, keep, scale), name=path.stem, source=path)
+    import dataclasses
+    sc = dataclasses.replace(sc, source=path)
+    t0 = time.perf_counter()
+    report = run_scenario(sc, workdir=workdir)
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def resolve(path: str) -> Path:
+    return (SCENARIOS["sst2"].parent / path).resolve()
+
+
+def trainer_cfg(settings: dict[str, Any], **over: Any) -> Any:
+    from meshnode.workers.trainer_settings import parse_settings
+
+    return parse_settings("bench", {**settings, **over}, base_dir=SCENARIOS["sst2"].parent)
+
+
+def final_eval(settings: dict[str, Any], checkpoints: list[Path]) -> tuple[np.ndarray, str]:
+    """Per-item correctness (0/1) of a group's last adapter on the whole eval set; the checkpoints of
+    every node of the group must hold the same adapter."""
+    from safetensors.numpy import load_file
+
+    from meshnode.workers.trainer_model import LoraModel
+
+    tensors = [load_file(str(p)) for p in checkpoints]
+    adapters = [{k.removeprefix("adapter/"): v for k, v in t.items() if k.startswith("adapter/")} for t in tensors]
+    for other in adapters[1:]:
+        if set(other) != set(adapters[0]) or any(not np.array_equal(other[k], adapters[0][k]) for k in other):
+            raise AssertionError(f"the group's checkpoints differ: {checkpoints}")
+    cfg = trainer_cfg(settings, max_eval=100_000, threads=2)
+    model = LoraModel(cfg, node_id=b"final-eval".ljust(32, b"\0"))
+    model.load(adapters[0])
+    assert model.eval_data is not None
+    probs = model.predict(list(model.eval_data.texts))
+    return (probs.argmax(1) == model.eval_data.labels).astype(np.int8), model.source.name
+
+
+def gold_lookup(task: str, shared: Path) -> dict[str, int]:
+    from meshnode.data import load_split
+
+    name, split = SOURCES[task]
+    data = load_split(shared / name, split)
+    return {" ".join(t.split()): int(y) for t, y in zip(data.texts, data.labels)}
+
+
+def frozen_baselines(task: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
+    """(i) and (ii): frozen MiniLM teacher probe -> SmolLM2 anchor-labels probe; SmolLM2 gold ceiling."""
+    from meshnode.data import load_split
+    from meshnode.hdc.knowledge import LinearKnowledge, anchor_hash
+    from meshnode.hdc.space import Space
+    from meshnode.models import Embedder, default_cache_dir
+    from meshnode.workers.anchors import load_anchor_set
+    from meshnode.workers.transfer_model import fit_student, fit_teacher
+    from meshnode.workers.transfer_settings import SETTINGS
+
+    student = worker(data, "s1", "learn")
+    dim, tau, space_seed = SETTINGS["dim"].default, SETTINGS["tau"].default, SETTINGS["space_seed"].default
+    space = Space(seed=space_seed, dim=dim, version=SETTINGS["space_version"].default)
+    anchors = load_anchor_set(resolve(student["anchors"]))
+    shards = [load_split(resolve(worker(data, m, "lora")["train_data"]), "train") for m in TRAINERS]
+    train_texts = [t for s in shards for t in s.texts]
+    train_labels = np.concatenate([s.labels for s in shards])
+    ev = load_split(resolve(student["eval_data"]), "dev")
+    cache = default_cache_dir()
+    t_emb = Embedder.from_spec("minilm", cache_dir=cache, batch_size=64)
+    s_emb = Embedder.from_spec("smollm2", cache_dir=cache, batch_size=32)
+    log("  frozen embeddings: MiniLM anchors + shards, SmolLM2 anchors + shards + eval")
+    ta, tt = t_emb.embed(anchors.texts), t_emb.embed(train_texts)
+    sa, st, se = s_emb.embed(anchors.texts), s_emb.embed(train_texts), s_emb.embed(ev.texts)
+    teacher = fit_teacher(space, tau, ta, anchors.hash, tt, train_labels, shards[0].classes, probe="ridge",
+                          forms=["predictions"], predictions="soft", seed=seed)
+    fit = fit_student("anchor-labels", space, tau, sa, knowledge=teacher.forms, teacher_anchors=None, seed=seed)
+    frozen_soft = (fit.predict(se) == ev.labels).astype(np.int8)
+    center = sa.mean(axis=0)
+    ceiling = LinearKnowledge.fit(space.encode(st, center=center, tau=tau), train_labels, shards[0].classes,
+                                  probe="ridge")
+    ceil = (ceiling.predict(space.encode(se, center=center, tau=tau)) == ev.labels).astype(np.int8)
+    assert anchors.hash == anchor_hash(anchors.texts)
+    return {"student_frozen_soft": frozen_soft, "student_ceiling": ceil}
+
+
+def lora_gold_anchors(task: str, data: dict[str, Any], seed: int, shared: Path, workdir: Path) -> np.ndarray:
+    """(iii): the learners' trainer code and settings, on the anchors with gold labels, for as many
+    rows as the two learners drew in the mesh."""
+    from meshnode.workers.trainer_model import LoraModel
+
+    settings = worker(data, "s1", "lora")
+    anchors = [line.strip() for line in resolve(worker(data, "s1", "learn")["anchors"]).read_text().splitlines()
+               if line.strip()]
+    gold = gold_lookup(task, shared)
+    labels = [gold[" ".join(t.split())] for t in anchors]
+    classes = json.loads((resolve(settings["eval_data"]) / "labels.json").read_text())
+    d = workdir / "gold-anchors"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "labels.json").write_text(json.dumps(classes))
+    with open(d / "train.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(anchors, labels))
+    cfg = trainer_cfg(settings, train_data=str(d), seed=seed, max_eval=100_000, threads=2)
+    model = LoraModel(cfg, node_id=f"gold-anchors-{seed}".encode().ljust(32, b"\0"))
+    steps = settings["rounds"] * settings["steps_per_round"] * len(LEARNERS)
+    log(f"  (iii) SmolLM2 LoRA on {len(anchors)} gold-labelled anchors, {steps} steps of {cfg.batch_size}")
+    for done in range(0, steps, 16):
+        model.train(min(16, steps - done))
+    assert model.eval_data is not None
+    probs = model.predict(list(model.eval_data.texts))
+    return (probs.argmax(1) == model.eval_data.labels).astype(np.int8)
+
+
+def node_record(report: dict[str, Any], name: str, role: str, final: float) -> dict[str, Any]:
+    node = report["nodes"][name]
+    curve = node["accuracy"].get("lora", {})
+    rec = {"model": curve.get("model"), "role": role, "final_accuracy": final,
+           "accuracy_over_time": curve.get("over_time", []), "bytes_sent": node["bytes_sent"],
+           "bytes_received": node["bytes_received"]}
+    lora = next((w for w in node["workers"] if w["name"] == "lora"), None)
+    if lora is not None:
+        rec["trainer_metrics"] = {k: v for k, v in lora["metrics"].items() if not k.startswith("last.")}
+    learn = node["accuracy"].get("learn")
+    if learn is not None:   # the student's frozen route beside the learner: the same teacher, no training
+        rec["frozen_route_final_on_curve_rows"] = learn["final"]
+    return rec
+
+
+def run_seed(task: str, seed: int, shared: Path, scale: float) -> dict[str, Any]:
+    data, _ = scenario_data(task)
+    out: dict[str, Any] = {"task": task, "seed": seed, "scale": scale}
+    with tempfile.TemporaryDirectory(prefix="mlearn-") as tmp:
+        work = Path(tmp)
+        log(f"seed {seed}: the mesh (2 MiniLM trainers + 2 SmolLM2 learners)")
+        report = run_mesh(task, seed, work / "mesh", None, scale)
+        out["mesh"] = {"stopped_by": report["stopped_by"], "sim_time_s": report["sim_time_s"],
+                       "wall_s": report["wall_s"]}
+        ckpt = lambda run, n: work / run / "nodes" / n / "workers" / "lora" / "adapter.safetensors"  # noqa: E731
+        log(f"  mesh done in {report['wall_s']} s (simulated {report['sim_time_s']} s, {report['stopped_by']})")
+        t_ok, t_model = final_eval(worker(data, "m1", "lora"), [ckpt("mesh", n) for n in TRAINERS])
+        s_ok, s_model = final_eval(worker(data, "s1", "lora"), [ckpt("mesh", n) for n in LEARNERS])
+        nodes = {n: node_record(report, n, "trainer", float(t_ok.mean())) for n in TRAINERS}
+        nodes.update({n: node_record(report, n, "learner", float(s_ok.mean())) for n in LEARNERS})
+        log(f"  final: trainers {t_ok.mean():.3f}, learners {s_ok.mean():.3f}")
+        log(f"seed {seed}: (iv) the trainers alone")
+        alone = run_mesh(task, seed, work / "alone", TRAINERS, scale)
+        a_ok, _ = final_eval(worker(data, "m1", "lora"), [ckpt("alone", n) for n in TRAINERS])
+        log(f"  trainers alone {a_ok.mean():.3f}")
+        log(f"seed {seed}: (i), (ii) frozen baselines")
+        frozen = frozen_baselines(task, data, seed)
+        scaled = with_seed(data, seed, None, scale)
+        g_ok = lora_gold_anchors(task, scaled, seed, shared, work)
+    correct = {"learners": s_ok, "trainers": t_ok, "trainers_alone": a_ok,
+               "student_frozen_soft": frozen["student_frozen_soft"], "student_ceiling": frozen["student_ceiling"],
+               "student_lora_gold_anchors": g_ok}
+    out["nodes"] = nodes
+    out["baselines"] = {k: float(correct[k].mean()) for k in ("student_frozen_soft", "student_ceiling",
+                                                               "student_lora_gold_anchors", "trainers_alone")}
+    out["correct"] = {k: v.astype(int).tolist() for k, v in correct.items()}
+    out["models"] = {"trainer": t_model, "learner": s_model}
+    log(f"  baselines: {json.dumps(out['baselines'])}")
+    return out
+
+
+def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+    """a - b in points: (seeds, items) 0/1 each. Over seeds (t interval) with 3+ seeds, else a paired
+    bootstrap over items pooled over the seeds run."""
+    per_seed = (a.mean(axis=1) - b.mean(axis=1)) * 100
+    if a.shape[0] >= 3:
+        from scipy import stats
+
+        sd = per_seed.std(ddof=1)
+        half = stats.t.ppf(0.975, a.shape[0] - 1) * sd / np.sqrt(a.shape[0])
+        return {"diff": float(per_seed.mean()), "lo": float(per_seed.mean() - half),
+                "hi": float(per_seed.mean() + half), "ci_kind": "t over seeds", "per_seed": per_seed.tolist()}
+    d = (a.astype(np.float64) - b).mean(axis=0) * 100
+    boots = d[rng.integers(0, d.size, (BOOT, d.size))].mean(axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi),
+            "ci_kind": f"bootstrap over eval items ({a.shape[0]} seed(s))", "per_seed": per_seed.tolist()}
+
+
+def summarise(task: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    c = {k: np.array([s["correct"][k] for s in seeds]) for k in seeds[0]["correct"]}
+    learner, trainer = c["learners"], c["trainers"]
+    comp = {
+        "learners_vs_student_frozen_soft": paired(learner, c["student_frozen_soft"], rng),
+        "learners_vs_trainers": paired(learner, trainer, rng),
+        "trainers_vs_trainers_alone": paired(trainer, c["trainers_alone"], rng),
+        "learners_vs_student_ceiling": paired(learner, c["student_ceiling"], rng),
+        "learners_vs_student_lora_gold_anchors": paired(learner, c["student_lora_gold_anchors"], rng),
+    }
+    started = {n: [s["nodes"][n]["accuracy_over_time"][0][1] for s in seeds if s["nodes"][n]["accuracy_over_time"]]
+               for n in seeds[0]["nodes"]}
+    ended = {n: [s["nodes"][n]["accuracy_over_time"][-1][1] for s in seeds if s["nodes"][n]["accuracy_over_time"]]
+             for n in seeds[0]["nodes"]}
+    v = comp["learners_vs_student_frozen_soft"]
+    targets = {
+        "learners_3_points_over_frozen_soft": {"met": v["diff"] >= 3 and v["lo"] > 0, **v},
+        "learners_within_2_points_of_trainers": {"met": comp["learners_vs_trainers"]["diff"] >= -2,
+                                                 **comp["learners_vs_trainers"]},
+        "trainers_no_worse_with_learners": {"met": comp["trainers_vs_trainers_alone"]["lo"] > -2 and
+                                            comp["trainers_vs_trainers_alone"]["diff"] >= -1,
+                                            **comp["trainers_vs_trainers_alone"]},
+        "no_node_ends_below_its_start": {"met": all(e >= s for n in started for s, e in zip(started[n], ended[n])),
+                                         "start": started, "end": ended,
+                                         "note": "on the workers' own 300-row curves"},
+        "stretch_learner_above_its_ceiling": {"met": comp["learners_vs_student_ceiling"]["lo"] > 0,
+                                              **comp["learners_vs_student_ceiling"]},
+    }
+    return {
+        "task": task, "seeds": [s["seed"] for s in seeds],
+        "runs": [{"seed": s["seed"], "nodes": s["nodes"], "baselines": s["baselines"], "mesh": s["mesh"],
+                  "scale": s["scale"]} for s in seeds],
+        "means": {"learners": float(learner.mean()), "trainers": float(trainer.mean()),
+                  **{k: float(c[k].mean()) for k in ("student_frozen_soft", "student_ceiling",
+                                                     "student_lora_gold_anchors", "trainers_alone")}},
+        "comparisons_points": comp, "targets": targets,
+        "eval_items": int(learner.shape[1]),
+        "scenario": str(SCENARIOS[task].relative_to(ROOT)),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg_at_summary": os.getloadavg()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=sorted(SCENARIOS), default="sst2")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--scale", type=float, default=1.0, help="scale every trainer's rounds (a smoke run: 0.25)")
+    ap.add_argument("--merge", action="store_true", help="only rebuild the summary from the seeds done")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    PARTIAL.mkdir(parents=True, exist_ok=True)
+    tag = "" if args.scale == 1.0 else f"-scale{args.scale:g}"
+    if not args.merge:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            rec = run_seed(args.task, seed, args.shared, args.scale)
+            rec["loadavg"] = os.getloadavg()
+            (PARTIAL / f"{args.task}{tag}-seed{seed}.json").write_text(json.dumps(rec) + "\n")
+    done = sorted(PARTIAL.glob(f"{args.task}{tag}-seed*.json"))
+    if not done:
+        raise SystemExit(f"no finished seed under {PARTIAL}")
+    summary = summarise(args.task, [json.loads(p.read_text()) for p in done])
+    out = args.out or RESULTS / ("mesh_learning.json" if args.task == "sst2" else f"mesh_learning_{args.task}.json")
+    if tag and args.out is None:
+        out = PARTIAL / f"summary-{args.task}{tag}.json"
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    log(f"wrote {out}: {json.dumps(summary['means'])}")
+    for k, t in summary["targets"].items():
+        diff = f" ({t['diff']:+.1f} points [{t['lo']:+.1f}, {t['hi']:+.1f}])" if "diff" in t else ""
+        log(f"  {k}: {'met' if t['met'] else 'MISSED'}{diff}")
+
+
+if __name__ == "__main__":
+    main()
