@@ -27,6 +27,7 @@ group's last checkpoint (both nodes of a group hold bit-identical adapters: chec
     .venv/bin/python benches/bench_mesh_learning.py --task sst2 --seeds 0,1,2
     .venv/bin/python benches/bench_mesh_learning.py --task ag_news --seeds 0,1,2
     .venv/bin/python benches/bench_mesh_learning.py --merge --task sst2      # summary of the seeds done
+    .venv/bin/python benches/bench_mesh_learning.py --quick --out /tmp/q.json  # tiny random models: a smoke run
 
 Every seed writes benches/results/mesh_learning/<task>-seed<k>.json as it finishes; the summary
 (benches/results/mesh_learning.json for SST-2, mesh_learning_ag_news.json) is rebuilt from those.
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +67,84 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def scenario_data(task: str) -> tuple[dict[str, Any], Path]:
+@dataclass(frozen=True)
+class Fleet:
+    """What one run measures: the scenario (as data, and the file its relative paths resolve from),
+    the models behind the scenario's model names, and the labelled dataset the shards came from."""
+
+    task: str
+    data: dict[str, Any]
+    path: Path
+    source: Path                                     # dataset dir of the shards' train split (gold lookup)
+    models: dict[str, str] = field(default_factory=lambda: {"minilm": "minilm", "smollm2": "smollm2"})
+    embed_batch: int = 32
+
+
+def real_fleet(task: str, shared: Path) -> Fleet:
     path = SCENARIOS[task]
-    return tomllib.loads(path.read_text()), path
+    return Fleet(task, tomllib.loads(path.read_text()), path, shared / SOURCES[task][0])
+
+
+def quick_fleet(tmp: Path) -> Fleet:
+    """The SST-2 scenario's structure with tiny random models and a synthetic keyword task (seconds)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from meshnode.shards import make_fleet_data
+
+    rng = np.random.default_rng(0)
+    filler = "the a movie film was plot actors scene story it and of to in with this that one two very".split()
+    keys = ["good great fun lovely superb".split(), "bad awful boring dull poor".split()]
+    src = tmp / "source"
+    src.mkdir(parents=True)
+    (src / "labels.json").write_text(json.dumps({"0": "negative", "1": "positive"}))
+    for split, n in (("train", 1200), ("dev", 120)):
+        with open(src / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                y = int(rng.integers(2))
+                words = list(rng.choice(filler, size=int(rng.integers(4, 9)))) + [str(rng.choice(keys[1 - y]))]
+                f.write(json.dumps({"text": " ".join(rng.permutation(words)), "label": y}) + "\n")
+    fd = make_fleet_data(src, tmp / "fleet", per_node=200, anchors=160, pool=100)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<eos>"] + filler + keys[0] + keys[1]
+    specs = {}
+    for name, cfg in (("minilm", transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                          num_attention_heads=4, intermediate_size=64,
+                                                          max_position_embeddings=64)),
+                      ("smollm2", transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                            num_attention_heads=4, intermediate_size=64,
+                                                            num_key_value_heads=2, max_position_embeddings=64,
+                                                            bos_token_id=4, eos_token_id=4))):
+        torch.manual_seed(len(specs))
+        transformers.AutoModel.from_config(cfg).save_pretrained(tmp / name)
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        extra = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]"} if name == "minilm" \
+            else {"eos_token": "<eos>"}
+        transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **extra).save_pretrained(tmp / name)
+        specs[name] = str(tmp / name)
+    data = tomllib.loads(SCENARIOS["sst2"].read_text())
+    for node in data["nodes"]:
+        for w in node["workers"]:
+            s = w["settings"]
+            s.update(device="cpu", cache_dir=str(tmp / "cache"))
+            s["model"] = specs[s["model"]]
+            for key, new in (("anchors", fd.anchors), ("eval_data", fd.eval)):
+                if key in s:
+                    s[key] = str(new)
+            if "train_data" in s:
+                s["train_data"] = str(fd.shards[int(s["train_data"][-1])])
+            if w["type"] == "trainer":
+                learner = "train_data" not in s
+                s.update(steps_per_round=4, rounds=6 if learner else 4, max_length=16, batch_size=16, lora_rank=4,
+                         lr=1e-2 if learner else 3e-2, eval_every=1, max_eval=120, hello_interval=0.5, join_wait=0.5,
+                         round_deadline=30, member_timeout=60)
+            elif s["role"] == "student":
+                s.update(announce_interval=0.5, dim=1024)
+            else:
+                s.update(min_republish_gap=0.5, publish_every=2, dim=1024)
+    data["stop"] = {"time": 600, "when": "trained", "settle": 2}
+    return Fleet("sst2", data, SCENARIOS["sst2"], src, specs, embed_batch=64)
 
 
 def worker(data: dict[str, Any], node: str, name: str) -> dict[str, Any]:
@@ -91,14 +168,14 @@ def with_seed(data: dict[str, Any], seed: int, keep: tuple[str, ...] | None = No
     return out
 
 
-def run_mesh(task: str, seed: int, workdir: Path, keep: tuple[str, ...] | None, scale: float) -> dict[str, Any]:
+def run_mesh(fleet: Fleet, seed: int, workdir: Path, keep: tuple[str, ...] | None, scale: float) -> dict[str, Any]:
+    import dataclasses
+
     from meshnode.sim.runner import run_scenario
     from meshnode.sim.scenario import parse_scenario
 
-    data, path = scenario_data(task)
-    sc = parse_scenario(with_seed(data, seed, keep, scale), name=path.stem, source=path)
-    import dataclasses
-    sc = dataclasses.replace(sc, source=path)
+    sc = parse_scenario(with_seed(fleet.data, seed, keep, scale), name=fleet.path.stem, source=fleet.path)
+    sc = dataclasses.replace(sc, source=fleet.path)
     t0 = time.perf_counter()
     report = run_scenario(sc, workdir=workdir)
     report["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -135,15 +212,14 @@ def final_eval(settings: dict[str, Any], checkpoints: list[Path]) -> tuple[np.nd
     return (probs.argmax(1) == model.eval_data.labels).astype(np.int8), model.source.name
 
 
-def gold_lookup(task: str, shared: Path) -> dict[str, int]:
+def gold_lookup(source: Path) -> dict[str, int]:
     from meshnode.data import load_split
 
-    name, split = SOURCES[task]
-    data = load_split(shared / name, split)
+    data = load_split(source, "train")
     return {" ".join(t.split()): int(y) for t, y in zip(data.texts, data.labels)}
 
 
-def frozen_baselines(task: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
+def frozen_baselines(fleet: Fleet, seed: int) -> dict[str, Any]:
     """(i) and (ii): frozen MiniLM teacher probe -> SmolLM2 anchor-labels probe; SmolLM2 gold ceiling."""
     from meshnode.data import load_split
     from meshnode.hdc.knowledge import LinearKnowledge, anchor_hash
@@ -153,17 +229,19 @@ def frozen_baselines(task: str, data: dict[str, Any], seed: int) -> dict[str, An
     from meshnode.workers.transfer_model import fit_student, fit_teacher
     from meshnode.workers.transfer_settings import SETTINGS
 
+    data = fleet.data
     student = worker(data, "s1", "learn")
-    dim, tau, space_seed = SETTINGS["dim"].default, SETTINGS["tau"].default, SETTINGS["space_seed"].default
-    space = Space(seed=space_seed, dim=dim, version=SETTINGS["space_version"].default)
+    setting = lambda key: student.get(key, SETTINGS[key].default)  # noqa: E731  (the student's space)
+    tau = setting("tau")
+    space = Space(seed=setting("space_seed"), dim=setting("dim"), version=setting("space_version"))
     anchors = load_anchor_set(resolve(student["anchors"]))
     shards = [load_split(resolve(worker(data, m, "lora")["train_data"]), "train") for m in TRAINERS]
     train_texts = [t for s in shards for t in s.texts]
     train_labels = np.concatenate([s.labels for s in shards])
     ev = load_split(resolve(student["eval_data"]), "dev")
     cache = default_cache_dir()
-    t_emb = Embedder.from_spec("minilm", cache_dir=cache, batch_size=64)
-    s_emb = Embedder.from_spec("smollm2", cache_dir=cache, batch_size=32)
+    t_emb = Embedder.from_spec(fleet.models["minilm"], cache_dir=cache, batch_size=2 * fleet.embed_batch)
+    s_emb = Embedder.from_spec(fleet.models["smollm2"], cache_dir=cache, batch_size=fleet.embed_batch)
     log("  frozen embeddings: MiniLM anchors + shards, SmolLM2 anchors + shards + eval")
     ta, tt = t_emb.embed(anchors.texts), t_emb.embed(train_texts)
     sa, st, se = s_emb.embed(anchors.texts), s_emb.embed(train_texts), s_emb.embed(ev.texts)
@@ -179,7 +257,7 @@ def frozen_baselines(task: str, data: dict[str, Any], seed: int) -> dict[str, An
     return {"student_frozen_soft": frozen_soft, "student_ceiling": ceil}
 
 
-def lora_gold_anchors(task: str, data: dict[str, Any], seed: int, shared: Path, workdir: Path) -> np.ndarray:
+def lora_gold_anchors(fleet: Fleet, data: dict[str, Any], seed: int, workdir: Path) -> np.ndarray:
     """(iii): the learners' trainer code and settings, on the anchors with gold labels, for as many
     rows as the two learners drew in the mesh."""
     from meshnode.workers.trainer_model import LoraModel
@@ -187,7 +265,7 @@ def lora_gold_anchors(task: str, data: dict[str, Any], seed: int, shared: Path, 
     settings = worker(data, "s1", "lora")
     anchors = [line.strip() for line in resolve(worker(data, "s1", "learn")["anchors"]).read_text().splitlines()
                if line.strip()]
-    gold = gold_lookup(task, shared)
+    gold = gold_lookup(fleet.source)
     labels = [gold[" ".join(t.split())] for t in anchors]
     classes = json.loads((resolve(settings["eval_data"]) / "labels.json").read_text())
     d = workdir / "gold-anchors"
@@ -221,13 +299,13 @@ def node_record(report: dict[str, Any], name: str, role: str, final: float) -> d
     return rec
 
 
-def run_seed(task: str, seed: int, shared: Path, scale: float) -> dict[str, Any]:
-    data, _ = scenario_data(task)
-    out: dict[str, Any] = {"task": task, "seed": seed, "scale": scale}
+def run_seed(fleet: Fleet, seed: int, scale: float) -> dict[str, Any]:
+    data = fleet.data
+    out: dict[str, Any] = {"task": fleet.task, "seed": seed, "scale": scale}
     with tempfile.TemporaryDirectory(prefix="mlearn-") as tmp:
         work = Path(tmp)
         log(f"seed {seed}: the mesh (2 MiniLM trainers + 2 SmolLM2 learners)")
-        report = run_mesh(task, seed, work / "mesh", None, scale)
+        report = run_mesh(fleet, seed, work / "mesh", None, scale)
         out["mesh"] = {"stopped_by": report["stopped_by"], "sim_time_s": report["sim_time_s"],
                        "wall_s": report["wall_s"]}
         ckpt = lambda run, n: work / run / "nodes" / n / "workers" / "lora" / "adapter.safetensors"  # noqa: E731
@@ -238,13 +316,15 @@ def run_seed(task: str, seed: int, shared: Path, scale: float) -> dict[str, Any]
         nodes.update({n: node_record(report, n, "learner", float(s_ok.mean())) for n in LEARNERS})
         log(f"  final: trainers {t_ok.mean():.3f}, learners {s_ok.mean():.3f}")
         log(f"seed {seed}: (iv) the trainers alone")
-        alone = run_mesh(task, seed, work / "alone", TRAINERS, scale)
+        alone = run_mesh(fleet, seed, work / "alone", TRAINERS, scale)
+        out["alone"] = {"stopped_by": alone["stopped_by"], "sim_time_s": alone["sim_time_s"], "wall_s": alone["wall_s"],
+                        "bytes_sent": {n: alone["nodes"][n]["bytes_sent"] for n in TRAINERS}}
         a_ok, _ = final_eval(worker(data, "m1", "lora"), [ckpt("alone", n) for n in TRAINERS])
         log(f"  trainers alone {a_ok.mean():.3f}")
         log(f"seed {seed}: (i), (ii) frozen baselines")
-        frozen = frozen_baselines(task, data, seed)
+        frozen = frozen_baselines(fleet, seed)
         scaled = with_seed(data, seed, None, scale)
-        g_ok = lora_gold_anchors(task, scaled, seed, shared, work)
+        g_ok = lora_gold_anchors(fleet, scaled, seed, work)
     correct = {"learners": s_ok, "trainers": t_ok, "trainers_alone": a_ok,
                "student_frozen_soft": frozen["student_frozen_soft"], "student_ceiling": frozen["student_ceiling"],
                "student_lora_gold_anchors": g_ok}
@@ -275,7 +355,7 @@ def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> dict[str, 
             "ci_kind": f"bootstrap over eval items ({a.shape[0]} seed(s))", "per_seed": per_seed.tolist()}
 
 
-def summarise(task: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(fleet: Fleet, seeds: list[dict[str, Any]]) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     c = {k: np.array([s["correct"][k] for s in seeds]) for k in seeds[0]["correct"]}
     learner, trainer = c["learners"], c["trainers"]
@@ -305,7 +385,7 @@ def summarise(task: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
                                               **comp["learners_vs_student_ceiling"]},
     }
     return {
-        "task": task, "seeds": [s["seed"] for s in seeds],
+        "task": fleet.task, "seeds": [s["seed"] for s in seeds],
         "runs": [{"seed": s["seed"], "nodes": s["nodes"], "baselines": s["baselines"], "mesh": s["mesh"],
                   "scale": s["scale"]} for s in seeds],
         "means": {"learners": float(learner.mean()), "trainers": float(trainer.mean()),
@@ -313,7 +393,8 @@ def summarise(task: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
                                                      "student_lora_gold_anchors", "trainers_alone")}},
         "comparisons_points": comp, "targets": targets,
         "eval_items": int(learner.shape[1]),
-        "scenario": str(SCENARIOS[task].relative_to(ROOT)),
+        "scenario": str(fleet.path.relative_to(ROOT)),
+        "models": {k: Path(v).name for k, v in fleet.models.items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_at_summary": os.getloadavg()},
     }
@@ -326,22 +407,32 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--scale", type=float, default=1.0, help="scale every trainer's rounds (a smoke run: 0.25)")
     ap.add_argument("--merge", action="store_true", help="only rebuild the summary from the seeds done")
+    ap.add_argument("--quick", action="store_true", help="tiny random models, synthetic task: a smoke run")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    PARTIAL.mkdir(parents=True, exist_ok=True)
-    tag = "" if args.scale == 1.0 else f"-scale{args.scale:g}"
-    if not args.merge:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            rec = run_seed(args.task, seed, args.shared, args.scale)
-            rec["loadavg"] = os.getloadavg()
-            (PARTIAL / f"{args.task}{tag}-seed{seed}.json").write_text(json.dumps(rec) + "\n")
-    done = sorted(PARTIAL.glob(f"{args.task}{tag}-seed*.json"))
-    if not done:
-        raise SystemExit(f"no finished seed under {PARTIAL}")
-    summary = summarise(args.task, [json.loads(p.read_text()) for p in done])
+    if args.quick and args.out is None:
+        ap.error("--quick needs --out (a smoke run's figures are not results)")
+    with tempfile.TemporaryDirectory(prefix="mlearn-q-") as qtmp:
+        if args.quick:
+            fleet, partial, tag = quick_fleet(Path(qtmp)), Path(qtmp) / "partial", "-quick"
+            args.seeds = args.seeds if args.seeds != "0,1,2" else "0"
+        else:
+            fleet, partial = real_fleet(args.task, args.shared), PARTIAL
+            tag = "" if args.scale == 1.0 else f"-scale{args.scale:g}"
+        partial.mkdir(parents=True, exist_ok=True)
+        if not args.merge:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                rec = run_seed(fleet, seed, args.scale)
+                rec["loadavg"] = os.getloadavg()
+                (partial / f"{fleet.task}{tag}-seed{seed}.json").write_text(json.dumps(rec) + "\n")
+        done = sorted(partial.glob(f"{fleet.task}{tag}-seed*.json"))
+        if not done:
+            raise SystemExit(f"no finished seed under {partial}")
+        summary = summarise(fleet, [json.loads(p.read_text()) for p in done])
+        summary["mode"] = "quick" if args.quick else "full"
     out = args.out or RESULTS / ("mesh_learning.json" if args.task == "sst2" else f"mesh_learning_{args.task}.json")
     if tag and args.out is None:
-        out = PARTIAL / f"summary-{args.task}{tag}.json"
+        out = PARTIAL / f"summary-{fleet.task}{tag}.json"
     out.write_text(json.dumps(summary, indent=1) + "\n")
     log(f"wrote {out}: {json.dumps(summary['means'])}")
     for k, t in summary["targets"].items():

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "LOAD_LOCK",
     "OFFLINE_MODELS",
     "Embedder",
     "EmbeddingCache",
@@ -41,6 +42,13 @@ __all__ = [
     "model_fingerprint",
     "resolve",
 ]
+
+# One model load at a time in a process: transformers and peft import their classes lazily, and two
+# threads doing it at once fail with an ImportError (seen with a trainer and a transfer worker starting
+# in one daemon, and with four workers under `meshnode sim`); a GGUF or zip conversion into the cache
+# is done once instead of by every worker that asks for it at the same time.
+LOAD_LOCK = threading.RLock()
+
 
 @dataclass(frozen=True)
 class SplitZipModel:

@@ -74,3 +74,26 @@ def test_bench_trainer_quick(tmp_path):
         assert a["identical_adapters_every_round"] and a["all_merged_every_round"]
         assert len(a["accuracy_by_round"]) == result["config"]["rounds"]
     assert arms["fp32"]["rel_error_median"] == 0.0 and arms["ternary-ef"]["ratio_vs_fp32"] > 2
+
+
+@pytest.mark.timeout(420)   # about a minute on an idle 2-core machine; the bound is for a loaded one
+def test_bench_mesh_learning_quick(tmp_path):
+    # The knowledge-loop bench end to end with tiny random models (the scenario file's structure, its
+    # baselines, the summary); the figures of a smoke run mean nothing, only the layout is checked.
+    pytest.importorskip("peft")
+    out = tmp_path / "ml.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benches" / "bench_mesh_learning.py"), "--quick", "--out",
+                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == "quick" and result["task"] == "sst2" and result["seeds"] == [0]
+    (r,) = result["runs"]
+    assert set(r["nodes"]) == {"m1", "m2", "s1", "s2"}
+    for name, node in r["nodes"].items():
+        assert node["role"] == ("trainer" if name.startswith("m") else "learner")
+        assert 0 <= node["final_accuracy"] <= 1 and node["bytes_sent"] > 0 and node["bytes_received"] > 0
+        assert node["accuracy_over_time"] and all(len(p) == 2 for p in node["accuracy_over_time"])
+    assert set(r["baselines"]) == {"student_frozen_soft", "student_ceiling", "student_lora_gold_anchors",
+                                   "trainers_alone"}
+    assert set(result["targets"]) >= {"learners_3_points_over_frozen_soft", "learners_within_2_points_of_trainers",
+                                      "trainers_no_worse_with_learners", "no_node_ends_below_its_start"}

@@ -593,6 +593,11 @@ class TrainerWorker(TaskWorker):
         return self._accuracy
 
     @property
+    def group(self) -> str:
+        """The sync group's id (hex): same base model, task and classes."""
+        return self._key.group.hex() if self._key is not None else ""
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self._model.classes) if self._model is not None else ()
 

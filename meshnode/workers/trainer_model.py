@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,8 +24,6 @@ __all__ = ["HEAD_MODULES", "LoraModel", "wire_name"]
 # The classification heads transformers puts on encoders ("classifier") and decoders ("score"):
 # trained and synced with the adapter, left out of the base model's fingerprint.
 HEAD_MODULES = ("classifier", "score")
-# transformers imports model classes lazily; two threads doing it at once can fail (see transfer.py)
-_LOAD_LOCK = threading.Lock()
 
 
 def wire_name(peft_name: str) -> str:
@@ -65,11 +62,12 @@ class LoraModel:
     """Base model + LoRA adapter, local data, optimizer. Not thread-safe: one caller at a time."""
 
     def __init__(self, cfg: TrainerSettings, *, node_id: bytes) -> None:
-        import torch
-        from peft import LoraConfig, TaskType, get_peft_model
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from ..models import LOAD_LOCK, checkpoint_path, default_cache_dir
 
-        from ..models import checkpoint_path, default_cache_dir
+        with LOAD_LOCK:
+            import torch
+            from peft import LoraConfig, TaskType, get_peft_model
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.torch = torch
         self.cfg = cfg
@@ -93,9 +91,9 @@ class LoraModel:
         # Rows taught by a teacher through a local transfer student: texts and soft targets (set_targets).
         self.taught_texts: tuple[str, ...] = ()
         self.taught_targets = np.zeros((0, len(self.classes)), np.float32)
-        path, self.source = checkpoint_path(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir())
         self.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        with _LOAD_LOCK:
+        with LOAD_LOCK:
+            path, self.source = checkpoint_path(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir())
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             torch.manual_seed(cfg.seed)   # weights missing from the checkpoint: the same on every node
             base = AutoModelForSequenceClassification.from_pretrained(

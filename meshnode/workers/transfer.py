@@ -75,9 +75,6 @@ MAX_CLASSIFY_CHARS = 20000
 _PACKET_BUDGET = 3_500_000   # bytes of one knowledge body: well under 4 MiB with headers
 _STALE_ASSEMBLY_S = 600.0    # an incomplete teacher version with no progress for this long is dropped
 RESULT_JSON = "result.json"
-# transformers imports its classes lazily, and two threads doing that at once can fail with an
-# ImportError (seen with two transfer workers starting in one daemon): load one model at a time.
-_MODEL_LOAD_LOCK = threading.Lock()
 RECEIVED = "received.safetensors"
 _MAX_STUDENTS = 1024        # students whose last request a teacher remembers (one entry per node id)
 _DONE_MAX = 4096            # versions remembered as evaluated (so a republished one is not fitted again)
@@ -181,7 +178,7 @@ class TransferWorker(TaskWorker):
 
     def _prepare_common(self, *, embed_eval: bool = True) -> AnchorSet:
         """Blocking: anchor set, model, anchor embeddings, eval set (`embed_eval`)."""
-        from ..models import Embedder, default_cache_dir
+        from ..models import LOAD_LOCK, Embedder, default_cache_dir
 
         cfg = self.cfg
         anchors = load_anchor_set(cfg.anchors, name=cfg.anchor_set, max_texts=cfg.max_anchors)
@@ -189,7 +186,7 @@ class TransferWorker(TaskWorker):
         self._exp = Expectation(cfg.task, self.space, anchors.name, len(anchors), anchors.hash)
         if cfg.role == "teacher" and cfg.trainer is not None and not {"linear", "prototypes"} & set(cfg.knowledge):
             return anchors   # predictions only: the trainer's model makes them, no frozen embedder needed
-        with _MODEL_LOAD_LOCK:
+        with LOAD_LOCK:   # one model load at a time in a process (see meshnode.models)
             self._embedder = Embedder.from_spec(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir(),
                                                 device=cfg.device, batch_size=cfg.batch_size,
                                                 max_length=cfg.max_length)
@@ -318,7 +315,8 @@ class TransferWorker(TaskWorker):
         assert self._exp is not None
         fit = fit_teacher_from_predictions(pred.probs, pred.classes, self._exp.anchor_hash, self._anchor_trits,
                                            self._center, forms=cfg.knowledge, predictions=cfg.predictions)
-        info = {"model": cfg.model, "trainer": cfg.trainer, "trainer_round": pred.position.round,
+        info = {"model": cfg.model, "trainer": cfg.trainer, "group": self._trainer.group if self._trainer else "",
+                "trainer_round": pred.position.round,
                 "adapter": pred.position.base.hex(), "accuracy": pred.accuracy}
         bodies = knowledge_bodies(cfg.topic, self._exp, fit.forms, half=cfg.half, info=info)
         anchors_sent = fit.anchor_trits if cfg.send_anchors != "never" and fit.anchor_trits.size else None
@@ -523,7 +521,8 @@ class TransferWorker(TaskWorker):
                           "teacher_model": str(info.get("model", ""))[:128], "form": fit.form,
                           "labels": getattr(knowledge.get(fit.form), "labels", None),
                           "teacher_round": info.get("trainer_round") if type(info.get("trainer_round")) is int
-                          else None}
+                          else None,
+                          "teacher_group": str(info.get("group", ""))[:64]}
                 self._candidates[asm.teacher.hex()] = record
                 if self._better(record):
                     try:
@@ -568,6 +567,11 @@ class TransferWorker(TaskWorker):
             return True
         if cur is None:
             return True
+        old, new = cur.get("teacher_round"), record.get("teacher_round")
+        if isinstance(old, int) and isinstance(new, int) and record.get("teacher_group") \
+                and record.get("teacher_group") == cur.get("teacher_group"):
+            # teachers of one trainer group teach the same synchronised adapter: the later round wins
+            return new > old
         if record["accuracy"] is None or cur["accuracy"] is None:
             return False  # without an eval set, keep the first teacher
         return bool(record["accuracy"] > cur["accuracy"])
@@ -682,7 +686,7 @@ class TransferWorker(TaskWorker):
                                                            labels.get("predictions") or "teacher")
         fit, accuracy, _ = self._fit_blocking(knowledge, arrays.get("teacher_anchors"))
         record = {k: doc.get(k) for k in ("teacher", "digest", "bytes_received", "packets", "fit_s", "teacher_model",
-                                          "form", "labels", "teacher_round")}
+                                          "form", "labels", "teacher_round", "teacher_group")}
         record["accuracy"] = accuracy
         self._fit, self._accuracy, self._knowledge = fit, accuracy, knowledge
         digest = bytes.fromhex(doc["digest"])
