@@ -143,7 +143,7 @@ def quick_fleet(tmp: Path) -> Fleet:
                 s.update(announce_interval=0.5, dim=1024)
             else:
                 s.update(min_republish_gap=0.5, publish_every=2, dim=1024)
-    data["stop"] = {"time": 600, "when": "trained", "settle": 2}
+    data["stop"] = {"time": 600, "when": "workers_done", "settle": 2}
     return Fleet("sst2", data, SCENARIOS["sst2"], src, specs, embed_batch=64)
 
 

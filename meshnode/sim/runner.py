@@ -241,12 +241,12 @@ class Simulation:
                     await asyncio.sleep(min(sc.stop.settle, sc.stop.time - loop.time()))
                 except TimeoutError:
                     pass
-            elif sc.stop.when == "trained":
+            elif sc.stop.when == "workers_done":
                 try:
                     async with asyncio.timeout(remaining):
                         while not self._trained():
                             await asyncio.sleep(ACCURACY_SAMPLE_S)
-                    stopped_by = "trained"
+                    stopped_by = "workers_done"
                     await asyncio.sleep(min(sc.stop.settle, sc.stop.time - loop.time()))
                 except TimeoutError:
                     pass

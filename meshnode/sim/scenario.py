@@ -23,7 +23,7 @@ __all__ = [
 
 TOPOLOGIES = ("full_mesh", "line", "star", "explicit")
 ACTIONS = ("cut", "restore", "kill", "restart", "set_profile")
-STOP_WHEN = ("time", "delivered", "trained")
+STOP_WHEN = ("time", "delivered", "workers_done")
 MAX_NODES = 256
 MAX_FLOW_PACKETS = 1_000_000
 
@@ -83,7 +83,7 @@ class Event:
 class Stop:
     time: float                     # the run ends at this simulated time at the latest
     when: str = "time"              # "delivered": as soon as every flow reached all its receivers;
-                                    # "trained": as soon as every trainer worker is done (or failed)
+                                    # "workers_done": as soon as every trainer worker is done (or failed)
     settle: float = 0.0             # simulated seconds to keep running after "delivered"
 
 
@@ -364,10 +364,10 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
                 stop_r.get("settle", float, 0.0, check=_at_least(0.0)))
     if stop.when == "delivered" and not flows:
         raise ScenarioError("stop.when", "\"delivered\" needs at least one [[traffic]] flow")
-    if stop.when == "trained" and not any(
+    if stop.when == "workers_done" and not any(
             w["type"] == "trainer" and isinstance(w["settings"].get("rounds"), int) and w["settings"]["rounds"] > 0
             for n in nodes for w in n.workers):
-        raise ScenarioError("stop.when", "\"trained\" needs a trainer worker with settings.rounds > 0")
+        raise ScenarioError("stop.when", "\"workers_done\" needs a trainer worker with settings.rounds > 0")
 
     events: list[Event] = []
     for er in top.tables("events"):

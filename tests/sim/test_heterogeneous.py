@@ -72,14 +72,14 @@ def tiny_version(tmp: Path) -> dict[str, Any]:
                 # One version, at the trainers' last round: what the learners learn then does not depend
                 # on how the versions' arrival interleaves with their rounds (real compute time, so load)
                 s.update(min_republish_gap=0.5, publish_every=6, publish_margin=1.0)
-    data["stop"] = {"time": 900, "when": "trained", "settle": 2}
+    data["stop"] = {"time": 900, "when": "workers_done", "settle": 2}
     return data
 
 
 def test_the_heterogeneous_scenario_runs_and_reports_every_nodes_accuracy(tmp_path) -> None:
     scenario = parse_scenario(tiny_version(tmp_path), name="heterogeneous-tiny")
     report = run_scenario(scenario, workdir=tmp_path / "run")
-    assert report["stopped_by"] == "trained"
+    assert report["stopped_by"] == "workers_done"
     nodes = report["nodes"]
     assert set(nodes) == {"m1", "m2", "s1", "s2"}
     for name, node in nodes.items():
@@ -98,3 +98,12 @@ def test_the_heterogeneous_scenario_runs_and_reports_every_nodes_accuracy(tmp_pa
     assert teacher["versions"] == 1
     plot_report(report, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_workers_done_needs_a_trainer_with_rounds() -> None:
+    from meshnode.sim.scenario import ScenarioError
+
+    data = {"nodes": [{"name": "a"}, {"name": "b"}], "topology": {"kind": "line", "profile": "lan"},
+            "stop": {"time": 10, "when": "workers_done"}}
+    with pytest.raises(ScenarioError, match="stop.when: \"workers_done\" needs a trainer worker"):
+        parse_scenario(data)
