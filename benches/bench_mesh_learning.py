@@ -221,7 +221,7 @@ def gold_lookup(source: Path) -> dict[str, int]:
 
 def frozen_baselines(fleet: Fleet, seed: int) -> dict[str, Any]:
     """(i) and (ii): frozen MiniLM teacher probe -> SmolLM2 anchor-labels probe; SmolLM2 gold ceiling."""
-    from meshnode.data import load_split
+    from meshnode.data import load_labeled, load_split
     from meshnode.hdc.knowledge import LinearKnowledge, anchor_hash
     from meshnode.hdc.space import Space
     from meshnode.models import Embedder, default_cache_dir
@@ -245,16 +245,30 @@ def frozen_baselines(fleet: Fleet, seed: int) -> dict[str, Any]:
     log("  frozen embeddings: MiniLM anchors + shards, SmolLM2 anchors + shards + eval")
     ta, tt = t_emb.embed(anchors.texts), t_emb.embed(train_texts)
     sa, st, se = s_emb.embed(anchors.texts), s_emb.embed(train_texts), s_emb.embed(ev.texts)
-    teacher = fit_teacher(space, tau, ta, anchors.hash, tt, train_labels, shards[0].classes, probe="ridge",
-                          forms=["predictions"], predictions="soft", seed=seed)
-    fit = fit_student("anchor-labels", space, tau, sa, knowledge=teacher.forms, teacher_anchors=None, seed=seed)
-    frozen_soft = (fit.predict(se) == ev.labels).astype(np.int8)
+    def student_on(texts_emb: np.ndarray, labels: np.ndarray) -> Any:
+        teacher = fit_teacher(space, tau, ta, anchors.hash, texts_emb, labels, shards[0].classes, probe="ridge",
+                              forms=["predictions"], predictions="soft", seed=seed)
+        return fit_student("anchor-labels", space, tau, sa, knowledge=teacher.forms, teacher_anchors=None, seed=seed)
+
+    # Today's default: each MiniLM node's frozen teacher probes its own (skewed) shard; the student keeps
+    # the teacher whose knowledge scores best on its own eval set (the worker's rule: its first
+    # `max_eval` rows drawn with its seed), and is scored on the whole eval set.
+    own = [student_on(tt[i * len(shards[0]):(i + 1) * len(shards[0])], shards[i].labels) for i in range(len(shards))]
+    sample = load_labeled(resolve(student["eval_data"]), student.get("eval_split", "dev"),
+                          limit=student.get("max_eval", SETTINGS["max_eval"].default), seed=student.get("seed", 0))
+    index = {t: i for i, t in enumerate(ev.texts)}
+    pick = [index[t] for t in sample.texts]
+    picked = max(range(len(own)), key=lambda i: (float((own[i].predict(se[pick]) == ev.labels[pick]).mean()), -i))
+    frozen_soft = (own[picked].predict(se) == ev.labels).astype(np.int8)
+    pooled = (student_on(tt, train_labels).predict(se) == ev.labels).astype(np.int8)
     center = sa.mean(axis=0)
     ceiling = LinearKnowledge.fit(space.encode(st, center=center, tau=tau), train_labels, shards[0].classes,
                                   probe="ridge")
     ceil = (ceiling.predict(space.encode(se, center=center, tau=tau)) == ev.labels).astype(np.int8)
     assert anchors.hash == anchor_hash(anchors.texts)
-    return {"student_frozen_soft": frozen_soft, "student_ceiling": ceil}
+    assert len({len(x) for x in shards}) == 1
+    return {"student_frozen_soft": frozen_soft, "student_frozen_soft_pooled": pooled, "student_ceiling": ceil,
+            "frozen_teacher_picked": TRAINERS[picked]}
 
 
 def lora_gold_anchors(fleet: Fleet, data: dict[str, Any], seed: int, workdir: Path) -> np.ndarray:
@@ -326,11 +340,12 @@ def run_seed(fleet: Fleet, seed: int, scale: float) -> dict[str, Any]:
         scaled = with_seed(data, seed, None, scale)
         g_ok = lora_gold_anchors(fleet, scaled, seed, work)
     correct = {"learners": s_ok, "trainers": t_ok, "trainers_alone": a_ok,
-               "student_frozen_soft": frozen["student_frozen_soft"], "student_ceiling": frozen["student_ceiling"],
-               "student_lora_gold_anchors": g_ok}
+               **{k: v for k, v in frozen.items() if isinstance(v, np.ndarray)}, "student_lora_gold_anchors": g_ok}
+    out["frozen_teacher_picked"] = frozen["frozen_teacher_picked"]
     out["nodes"] = nodes
     out["baselines"] = {k: float(correct[k].mean()) for k in ("student_frozen_soft", "student_ceiling",
                                                                "student_lora_gold_anchors", "trainers_alone")}
+    out["extra_baselines"] = {"student_frozen_soft_pooled": float(correct["student_frozen_soft_pooled"].mean())}
     out["correct"] = {k: v.astype(int).tolist() for k, v in correct.items()}
     out["models"] = {"trainer": t_model, "learner": s_model}
     log(f"  baselines: {json.dumps(out['baselines'])}")
@@ -366,6 +381,8 @@ def summarise(fleet: Fleet, seeds: list[dict[str, Any]]) -> dict[str, Any]:
         "learners_vs_student_ceiling": paired(learner, c["student_ceiling"], rng),
         "learners_vs_student_lora_gold_anchors": paired(learner, c["student_lora_gold_anchors"], rng),
     }
+    if "student_frozen_soft_pooled" in c:
+        comp["learners_vs_student_frozen_soft_pooled"] = paired(learner, c["student_frozen_soft_pooled"], rng)
     started = {n: [s["nodes"][n]["accuracy_over_time"][0][1] for s in seeds if s["nodes"][n]["accuracy_over_time"]]
                for n in seeds[0]["nodes"]}
     ended = {n: [s["nodes"][n]["accuracy_over_time"][-1][1] for s in seeds if s["nodes"][n]["accuracy_over_time"]]
@@ -387,10 +404,10 @@ def summarise(fleet: Fleet, seeds: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "task": fleet.task, "seeds": [s["seed"] for s in seeds],
         "runs": [{"seed": s["seed"], "nodes": s["nodes"], "baselines": s["baselines"], "mesh": s["mesh"],
-                  "scale": s["scale"]} for s in seeds],
+                  "scale": s["scale"], **{k: s[k] for k in ("extra_baselines", "frozen_teacher_picked", "alone",
+                                                              "models", "loadavg") if k in s}} for s in seeds],
         "means": {"learners": float(learner.mean()), "trainers": float(trainer.mean()),
-                  **{k: float(c[k].mean()) for k in ("student_frozen_soft", "student_ceiling",
-                                                     "student_lora_gold_anchors", "trainers_alone")}},
+                  **{k: float(c[k].mean()) for k in c if k not in ("learners", "trainers")}},
         "comparisons_points": comp, "targets": targets,
         "eval_items": int(learner.shape[1]),
         "scenario": str(fleet.path.relative_to(ROOT)),
@@ -408,6 +425,8 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="scale every trainer's rounds (a smoke run: 0.25)")
     ap.add_argument("--merge", action="store_true", help="only rebuild the summary from the seeds done")
     ap.add_argument("--quick", action="store_true", help="tiny random models, synthetic task: a smoke run")
+    ap.add_argument("--refit-frozen", action="store_true",
+                    help="recompute the frozen baselines (i)/(ii) of the seeds done (embeddings are cached)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.quick and args.out is None:
@@ -420,7 +439,21 @@ def main() -> None:
             fleet, partial = real_fleet(args.task, args.shared), PARTIAL
             tag = "" if args.scale == 1.0 else f"-scale{args.scale:g}"
         partial.mkdir(parents=True, exist_ok=True)
-        if not args.merge:
+        if args.refit_frozen:
+            for p in sorted(partial.glob(f"{fleet.task}{tag}-seed*.json")):
+                rec = json.loads(p.read_text())
+                frozen = frozen_baselines(fleet, rec["seed"])
+                for k, v in frozen.items():
+                    if isinstance(v, np.ndarray):
+                        rec["correct"][k] = v.astype(int).tolist()
+                rec["frozen_teacher_picked"] = frozen["frozen_teacher_picked"]
+                rec["baselines"]["student_frozen_soft"] = float(frozen["student_frozen_soft"].mean())
+                rec["baselines"]["student_ceiling"] = float(frozen["student_ceiling"].mean())
+                rec.setdefault("extra_baselines", {})["student_frozen_soft_pooled"] = \
+                    float(frozen["student_frozen_soft_pooled"].mean())
+                p.write_text(json.dumps(rec) + "\n")
+                log(f"refitted the frozen baselines of {p.name}: {rec['baselines']} {rec['extra_baselines']}")
+        elif not args.merge:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 rec = run_seed(fleet, seed, args.scale)
                 rec["loadavg"] = os.getloadavg()

@@ -88,6 +88,14 @@ class LoraModel:
         if self.eval_data is not None and self.eval_data.classes != self.classes:
             raise ValueError(f"eval classes {list(self.eval_data.classes)} differ from the training classes "
                              f"{list(self.classes)}")
+        # Logit adjustment (settings.balance): the log of this node's own class frequencies, added to the
+        # logits of its labelled rows while training, so that what the model learns is the class-balanced
+        # score and not this node's prior (which, on a label-skewed shard, is most of what plain
+        # cross-entropy learns). Counts are smoothed by one so that an absent class stays finite.
+        self.log_prior: np.ndarray | None = None
+        if cfg.balance == "logit-adjust" and self.train_data is not None:
+            counts = np.bincount(self.train_data.labels, minlength=len(self.classes)).astype(np.float64) + 1.0
+            self.log_prior = np.log(counts / counts.sum()).astype(np.float32)
         # Rows taught by a teacher through a local transfer student: texts and soft targets (set_targets).
         self.taught_texts: tuple[str, ...] = ()
         self.taught_targets = np.zeros((0, len(self.classes)), np.float32)
@@ -194,7 +202,7 @@ class LoraModel:
             take, self.order = self.order[:bs], self.order[bs:]
             rows = [self._row(i) for i in take]
             batch = self._batch([r[0] for r in rows])
-            if all(r[2] is None for r in rows):
+            if all(r[2] is None for r in rows) and self.log_prior is None:
                 labels = torch.as_tensor([r[1] for r in rows], device=self.device)
                 loss = self.model(**batch, labels=labels).loss
             else:
@@ -202,6 +210,9 @@ class LoraModel:
                 target = np.stack([np.eye(c, dtype=np.float32)[r[1]] if r[2] is None else r[2] for r in rows])
                 weight = np.array([1.0 if r[2] is None else self.cfg.anchor_weight for r in rows], np.float32)
                 logits = self.model(**batch).logits.float()
+                if self.log_prior is not None:   # labelled rows only: taught rows carry a teacher's scores
+                    shift = np.stack([self.log_prior if r[2] is None else np.zeros(c, np.float32) for r in rows])
+                    logits = logits + torch.as_tensor(shift, device=self.device)
                 per_row = -(torch.as_tensor(target, device=self.device) * torch.log_softmax(logits, dim=-1)).sum(-1)
                 w = torch.as_tensor(weight, device=self.device)
                 loss = (per_row * w).sum() / w.sum()

@@ -55,6 +55,9 @@ SETTINGS: dict[str, _Key] = {
     "steps_per_round": _Key((int,), 10, "Local optimizer steps between two syncs (K)."),
     "anchor_weight": _Key((int, float), 1.0, "Weight of a teacher-labelled anchor row in the loss, against 1 for "
                           "a row of train_data (rows come from a local transfer student's `learner` link)."),
+    "balance": _Key((str,), "none", '"none" or "logit-adjust": train on logits plus the log of this node\'s own '
+                    "class frequencies (Menon et al. 2021; FedLC), so a node whose labels are skewed learns "
+                    "balanced scores instead of its own prior."),
     "eval_every": _Key((int,), 1, "Evaluate on eval_data every this many merged rounds (and after the last)."),
     "rounds": _Key((int,), 0, "Stop training after this many merged rounds (0: train until stopped)."),
     "codec": _Key((str,), "ternary-ef", f"Delta codec: {', '.join(CODECS)}."),
@@ -96,6 +99,7 @@ class TrainerSettings:
     max_length: int
     steps_per_round: int
     anchor_weight: float
+    balance: str
     eval_every: int
     rounds: int
     codec: str
@@ -171,6 +175,8 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
         values["join_wait"] = 2.0 * values["hello_interval"]
     elif not values["join_wait"] >= 0:
         raise _fail(worker, "join_wait", "must be >= 0")
+    if values["balance"] not in ("none", "logit-adjust"):
+        raise _fail(worker, "balance", f'expected "none" or "logit-adjust", got {values["balance"]!r}')
     if values["codec"] not in CODECS:
         raise _fail(worker, "codec", f"expected one of {', '.join(CODECS)}, got {values['codec']!r}")
     if values["block"] > MAX_BLOCK:

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file  # noqa: E402
 from meshnode import identity as idm  # noqa: E402
 from meshnode.control import query  # noqa: E402
 from meshnode.node import Node  # noqa: E402
+from meshnode.workers.base import WorkerSettingsError  # noqa: E402
 from meshnode.workers.trainer import CHECKPOINT, ROUNDS_LOG  # noqa: E402
 
 from .._mesh import aio, node_config, running, wait_for  # noqa: E402
@@ -270,3 +271,23 @@ def test_trainers_sync_under_meshnode_sim_and_the_report_carries_their_rounds(wo
     for m in metrics:
         assert m["rounds"] == 3 and m["last.merged"] == 2 and m.get("errors", 0) == 0
         assert m["bytes_sent"] > 0 and 0 < m["last.rel_error"] < 1
+
+
+def test_logit_adjustment_trains_on_logits_plus_the_nodes_own_log_prior(world, tmp_path) -> None:
+    from meshnode.workers.trainer_model import LoraModel
+    from meshnode.workers.trainer_settings import parse_settings
+
+    texts, labels = synthetic(200, 21)
+    keep = [i for i, y in enumerate(labels) if y == 0][:90] + [i for i, y in enumerate(labels) if y == 1][:10]
+    skewed = write_dataset(tmp_path / "skewed", "train", [texts[i] for i in keep], [labels[i] for i in keep])
+    plain = LoraModel(parse_settings("lora", settings(world, "a", train_data=str(skewed))), node_id=b"\x01" * 32)
+    balanced = LoraModel(parse_settings("lora", settings(world, "a", train_data=str(skewed), balance="logit-adjust")),
+                         node_id=b"\x01" * 32)
+    assert plain.log_prior is None
+    np.testing.assert_allclose(balanced.log_prior, np.log(np.array([91, 11]) / 102), rtol=1e-6)
+    # same start, same batches: the only difference in the first step is the prior added to the logits
+    assert plain.adapter().keys() == balanced.adapter().keys()
+    loss_plain, loss_balanced = plain.train(1), balanced.train(1)
+    assert loss_plain != loss_balanced
+    with pytest.raises(WorkerSettingsError, match="balance"):
+        parse_settings("lora", settings(world, "a", balance="reweight"))
