@@ -220,26 +220,37 @@ async def test_a_learner_restarts_from_its_checkpoint_without_a_teacher(world, t
 
 
 @aio
-async def test_a_version_for_another_task_is_refused_and_the_learner_goes_on(world, tmp_path) -> None:
+async def test_bad_versions_are_refused_with_a_reason_and_the_learner_goes_on(world, tmp_path) -> None:
     learner = learner_node(world, tmp_path, "l2", [], min_peers=0)
     async with running(learner):
         student: TransferWorker = local(learner, "xfer")
         await wait_for(lambda: status(learner, "xfer")["state"] == "waiting"
                        and status(learner, "lora")["state"] == "waiting-teacher", "the student and learner to prepare")
         exp = student._exp
-        other = dataclasses.replace(exp, task="other-task")
-        probs = np.full((exp.anchor_count, 2), 0.5, np.float32)
-        forms = {"predictions": PredictionKnowledge(CLASSES, probs, exp.anchor_hash, labels="teacher")}
-        bodies = with_digest(knowledge_bodies(student.cfg.topic, other, forms, half=False, info={}), bytes(16))
+
+        def version(exp: Expectation, probs: np.ndarray, digest: bytes) -> Any:
+            forms = {"predictions": PredictionKnowledge(CLASSES, probs, exp.anchor_hash, labels="teacher")}
+            return with_digest(knowledge_bodies(student.cfg.topic, exp, forms, half=False, info={}), digest)[0]
+
+        fair = np.full((exp.anchor_count, 2), 0.5, np.float32)
+        nan = fair.copy()
+        nan[3, 1] = np.nan
+        bad = {
+            "task_mismatch": version(dataclasses.replace(exp, task="other-task"), fair, b"\x01" * 16),
+            "anchor_hash_mismatch": version(dataclasses.replace(exp, anchor_hash=bytes(32)), fair, b"\x02" * 16),
+            "bad_knowledge": version(exp, nan, b"\x03" * 16),
+        }
         # from another member of the mesh, as any packet on the topic would come
         sender = Node(node_config(tmp_path / "sender", world["ids"]["teacher"], static=[f"127.0.0.1:{learner.port}"]),
                       world["ids"]["teacher"], rng=random.Random(5))
         async with running(sender):
             # status()["peers"] counts links past their hellos: a packet published before that goes nowhere
             await wait_for(lambda: sender.status()["peers"] == 1 and learner.status()["peers"] == 1, "the link")
-            await sender.publish(bodies[0])
-            await wait_for(lambda: metrics(learner, "xfer").get("refused.task_mismatch", 0) >= 1,
-                           "the version for another task to be refused")
+            for body in bad.values():
+                await sender.publish(body)
+            await wait_for(lambda: all(metrics(learner, "xfer").get(f"refused.{r}", 0) >= 1 for r in bad),
+                           "every bad version to be refused with its reason")
+            assert status(learner, "xfer")["state"] == "waiting"
             assert status(learner, "lora")["state"] == "waiting-teacher"
             assert status(learner, "lora")["rows"]["taught"] == 0
 
