@@ -209,6 +209,7 @@ def run(config_path: Path, capture: Path | None, log_level: str | None) -> None:
         load_node_identity(cfg.identity.key, cfg.identity.cert, cfg.identity.ca_cert)
     except IdentityError as exc:
         _fail(str(exc), EXIT_USAGE)
+    _check_workers(cfg, config_path)
     if log_level:
         cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, log_level=log_level.lower()))
     logging.basicConfig(level=cfg.node.log_level.upper(), stream=sys.stderr,
@@ -228,6 +229,38 @@ def run(config_path: Path, capture: Path | None, log_level: str | None) -> None:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def _check_workers(cfg: Config, config_path: Path) -> list[Any]:
+    """A worker that cannot run (unknown type, bad settings, a missing extra, a link to a worker that is
+    not there) stops the start with one line and exit 2, like a config typo does."""
+    from .workers.base import WorkerSettingsError
+    from .workers.registry import check_workers
+
+    try:
+        return check_workers(cfg.workers, base_dir=config_path.absolute().parent)
+    except WorkerSettingsError as exc:
+        _fail(f"{config_path}: {exc}", EXIT_USAGE)
+
+
+@main.command()
+@_config_option
+def check(config_path: Path) -> None:
+    """Check node.toml, the identity files and every worker as `meshnode run` would, without starting.
+
+    Prints what would run and exits 0, or one line on stderr and exits 2.
+    """
+    from .identity import IdentityError, load_node_identity
+
+    cfg = _load_config(config_path, check_files=True)
+    try:
+        ident = load_node_identity(cfg.identity.key, cfg.identity.cert, cfg.identity.ca_cert)
+    except IdentityError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    workers = _check_workers(cfg, config_path)
+    listed = ", ".join(f"{w.name} ({w.type_name})" for w in workers) or "none"
+    click.echo(f"{config_path}: ok: node {ident.name} ({ident.node_id_hex[:16]}), listening on "
+               f"{cfg.node.listen_host}:{cfg.node.listen_port}, workers: {listed}")
 
 
 # ----------------------------------------------------------------------------- asking the daemon

@@ -69,6 +69,9 @@ class Worker(abc.ABC):
     release everything in `stop`."""
 
     type_name: ClassVar[str]
+    # Modules the worker imports when it starts (not when it is configured): checked before a daemon
+    # starts, so that a missing extra is one line and exit 2, not a traceback in a running daemon.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, settings: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
         self.name = name
@@ -88,6 +91,10 @@ class Worker(abc.ABC):
     def status(self) -> dict[str, Any]:
         """What `meshnode status` shows for this worker."""
         return {}
+
+    def check_links(self, others: Mapping[str, Worker]) -> None:
+        """Raise WorkerSettingsError if a setting names another worker of this node (`others`, by name)
+        that is missing or of the wrong kind. Called before the daemon starts."""
 
 
 class TaskWorker(Worker):

@@ -95,6 +95,7 @@ def _norm2(tensors: Mapping[str, np.ndarray]) -> float:
 
 class TrainerWorker(TaskWorker):
     type_name: ClassVar[str] = "trainer"
+    requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft", "safetensors")
 
     def __init__(self, name: str, settings: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
         super().__init__(name, settings, base_dir=base_dir)

@@ -40,7 +40,7 @@ from ..hdc.knowledge import LinearKnowledge, PredictionKnowledge, PrototypeKnowl
 from ..hdc.space import Space
 from ..wire.packet import Knowledge, Packet, Vectors
 from .anchors import MAX_ANCHORS, AnchorSet, load_anchor_set
-from .base import TaskWorker, WorkerContext
+from .base import TaskWorker, WorkerContext, WorkerSettingsError
 from .trainer import Prediction, TaughtRows, TrainerWorker
 from .trainer_protocol import TrainerRefused
 from .transfer_model import (
@@ -107,6 +107,7 @@ def _knowledge_arrays(knowledge: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 class TransferWorker(TaskWorker):
     type_name: ClassVar[str] = "transfer"
+    requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "safetensors", "scipy")
 
     def __init__(self, name: str, settings: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
         super().__init__(name, settings, base_dir=base_dir)
@@ -159,6 +160,14 @@ class TransferWorker(TaskWorker):
     def classifies_through(self) -> str | None:
         """The local trainer worker whose adapter answers classify for this worker, if any."""
         return self.cfg.trainer if self.cfg.role == "teacher" else self.cfg.learner
+
+    def check_links(self, others: Mapping[str, Any]) -> None:
+        for key in ("trainer", "learner"):
+            name = getattr(self.cfg, key)
+            if name is not None and not isinstance(others.get(name), TrainerWorker):
+                kinds = ", ".join(f"{n} ({getattr(w, 'type_name', '?')})" for n, w in others.items() if n != self.name)
+                raise WorkerSettingsError(f"workers.{self.name}.settings.{key}: no trainer worker named {name!r} on "
+                                          f"this node (workers: {kinds or 'none'})")
 
     def _local_trainer(self, key: str, name: str) -> TrainerWorker:
         worker = self.ctx.local_worker(name)

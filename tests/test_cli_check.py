@@ -1,0 +1,87 @@
+"""`meshnode check` and the worker checks `meshnode run` makes before it starts: an unknown worker type,
+bad settings, a missing extra or a link to a worker that is not there is one line and exit 2."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from meshnode.cli import main
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture()
+def node_dir(tmp_path: Path) -> Path:
+    runner = CliRunner()
+    assert runner.invoke(main, ["mesh", "init", str(tmp_path / "mesh")]).exit_code == 0
+    r = runner.invoke(main, ["node", "init", str(tmp_path / "node-a"), "--mesh", str(tmp_path / "mesh"),
+                             "--name", "a", "--listen-host", "127.0.0.1"])
+    assert r.exit_code == 0, r.output
+    toml = tmp_path / "node-a" / "node.toml"
+    toml.write_text(toml.read_text().replace("mdns = true", "mdns = false"))
+    (tmp_path / "node-a" / "anchors.txt").write_text("one text\nanother text\n")
+    return tmp_path / "node-a"
+
+
+TRAINER = '''
+[[workers]]
+name = "lora"
+type = "trainer"
+[workers.settings]
+task = "sst2"
+model = "minilm"
+classes = ["negative", "positive"]
+'''
+TEACHER = '''
+[[workers]]
+name = "teach"
+type = "transfer"
+[workers.settings]
+role = "teacher"
+task = "sst2"
+model = "minilm"
+anchors = "anchors.txt"
+trainer = "{trainer}"
+'''
+
+
+def one_line(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_check_says_what_would_run(node_dir: Path) -> None:
+    toml = node_dir / "node.toml"
+    toml.write_text(toml.read_text() + TRAINER + TEACHER.format(trainer="lora"))
+    r = CliRunner().invoke(main, ["check", "--config", str(toml)])
+    assert r.exit_code == 0, r.output
+    assert "ok: node a" in r.output and "lora (trainer), teach (transfer)" in r.output
+
+
+@pytest.mark.parametrize("workers, expect", [
+    ('\n[[workers]]\nname = "beat"\ntype = "heartbeat"\n', "workers.beat.type: unknown worker type 'heartbeat'"),
+    (TRAINER.replace('model = "minilm"', 'model = "minilm"\nlr = -1'), "workers.lora.settings.lr: must be > 0"),
+    (TRAINER + TEACHER.format(trainer="lra"), "workers.teach.settings.trainer: no trainer worker named 'lra'"),
+])
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_worker_that_cannot_run_stops_the_start_with_one_line(node_dir: Path, workers, expect, command) -> None:
+    toml = node_dir / "node.toml"
+    toml.write_text(toml.read_text() + workers)
+    r = CliRunner().invoke(main, [command, "--config", str(toml)])
+    assert r.exit_code == 2 and expect in one_line(r)
+
+
+def test_a_missing_extra_names_the_install(node_dir: Path, monkeypatch) -> None:
+    toml = node_dir / "node.toml"
+    toml.write_text(toml.read_text() + TRAINER)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    r = CliRunner().invoke(main, ["run", "--config", str(toml)])
+    line = one_line(r)
+    assert r.exit_code == 2 and "workers.lora: worker type 'trainer' needs peft" in line
+    assert "install the ml extra" in line
