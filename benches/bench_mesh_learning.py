@@ -313,7 +313,9 @@ def node_record(report: dict[str, Any], name: str, role: str, final: float) -> d
     return rec
 
 
-def run_seed(fleet: Fleet, seed: int, scale: float) -> dict[str, Any]:
+def run_seed(fleet: Fleet, seed: int, scale: float, reuse: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One seed; `reuse`: a finished record of the same task and seed whose trainer-independent
+    baselines (i)-(iii) are taken instead of recomputed (they do not depend on the trainers' settings)."""
     data = fleet.data
     out: dict[str, Any] = {"task": fleet.task, "seed": seed, "scale": scale}
     with tempfile.TemporaryDirectory(prefix="mlearn-") as tmp:
@@ -335,10 +337,17 @@ def run_seed(fleet: Fleet, seed: int, scale: float) -> dict[str, Any]:
                         "bytes_sent": {n: alone["nodes"][n]["bytes_sent"] for n in TRAINERS}}
         a_ok, _ = final_eval(worker(data, "m1", "lora"), [ckpt("alone", n) for n in TRAINERS])
         log(f"  trainers alone {a_ok.mean():.3f}")
-        log(f"seed {seed}: (i), (ii) frozen baselines")
-        frozen = frozen_baselines(fleet, seed)
-        scaled = with_seed(data, seed, None, scale)
-        g_ok = lora_gold_anchors(fleet, scaled, seed, work)
+        if reuse is not None:
+            log(f"seed {seed}: (i)-(iii) taken from a finished run of this seed")
+            frozen = {k: np.array(reuse["correct"][k], dtype=np.int8) for k in
+                      ("student_frozen_soft", "student_frozen_soft_pooled", "student_ceiling")}
+            frozen["frozen_teacher_picked"] = reuse["frozen_teacher_picked"]
+            g_ok = np.array(reuse["correct"]["student_lora_gold_anchors"], dtype=np.int8)
+        else:
+            log(f"seed {seed}: (i), (ii) frozen baselines")
+            frozen = frozen_baselines(fleet, seed)
+            scaled = with_seed(data, seed, None, scale)
+            g_ok = lora_gold_anchors(fleet, scaled, seed, work)
     correct = {"learners": s_ok, "trainers": t_ok, "trainers_alone": a_ok,
                **{k: v for k, v in frozen.items() if isinstance(v, np.ndarray)}, "student_lora_gold_anchors": g_ok}
     out["frozen_teacher_picked"] = frozen["frozen_teacher_picked"]
@@ -427,6 +436,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny random models, synthetic task: a smoke run")
     ap.add_argument("--refit-frozen", action="store_true",
                     help="recompute the frozen baselines (i)/(ii) of the seeds done (embeddings are cached)")
+    ap.add_argument("--balance", choices=("none", "logit-adjust"), default=None,
+                    help="set the labelled trainers' `balance` (default: the scenario's)")
+    ap.add_argument("--reuse-baselines", metavar="TAG", default=None,
+                    help="take (i)-(iii) from the finished seeds of run TAG ('' for the default run)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.quick and args.out is None:
@@ -438,6 +451,12 @@ def main() -> None:
         else:
             fleet, partial = real_fleet(args.task, args.shared), PARTIAL
             tag = "" if args.scale == 1.0 else f"-scale{args.scale:g}"
+        if args.balance is not None:
+            for n in fleet.data["nodes"]:
+                for w in n["workers"]:
+                    if w["type"] == "trainer" and "train_data" in w["settings"]:
+                        w["settings"]["balance"] = args.balance
+            tag += f"-{args.balance}"
         partial.mkdir(parents=True, exist_ok=True)
         if args.refit_frozen:
             for p in sorted(partial.glob(f"{fleet.task}{tag}-seed*.json")):
@@ -455,7 +474,11 @@ def main() -> None:
                 log(f"refitted the frozen baselines of {p.name}: {rec['baselines']} {rec['extra_baselines']}")
         elif not args.merge:
             for seed in [int(s) for s in args.seeds.split(",")]:
-                rec = run_seed(fleet, seed, args.scale)
+                reuse = None
+                if args.reuse_baselines is not None:
+                    reuse = json.loads((partial / f"{fleet.task}{args.reuse_baselines}-seed{seed}.json").read_text())
+                rec = run_seed(fleet, seed, args.scale, reuse)
+                rec["balance"] = args.balance
                 rec["loadavg"] = os.getloadavg()
                 (partial / f"{fleet.task}{tag}-seed{seed}.json").write_text(json.dumps(rec) + "\n")
         done = sorted(partial.glob(f"{fleet.task}{tag}-seed*.json"))
@@ -466,6 +489,7 @@ def main() -> None:
     out = args.out or RESULTS / ("mesh_learning.json" if args.task == "sst2" else f"mesh_learning_{args.task}.json")
     if tag and args.out is None:
         out = PARTIAL / f"summary-{fleet.task}{tag}.json"
+    summary["variant"] = tag or "scenario as shipped"
     out.write_text(json.dumps(summary, indent=1) + "\n")
     log(f"wrote {out}: {json.dumps(summary['means'])}")
     for k, t in summary["targets"].items():
