@@ -245,6 +245,44 @@ def _check_workers(cfg: Config, config_path: Path) -> list[Any]:
 
 @main.command()
 @_config_option
+@click.option("--worker", help="The trainer worker (needed when the node has several).")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+def export(config_path: Path, worker: str | None, out: Path) -> None:
+    """Write a trainer's synchronised adapter as a peft adapter directory OUT (the daemon need not run).
+
+    Load it with transformers + peft: AutoModelForSequenceClassification on the base model, then
+    PeftModel.from_pretrained(model, OUT). Exits 2 when there is no such trainer or no checkpoint yet.
+    """
+    from .workers.base import WorkerSettingsError
+    from .workers.trainer import CHECKPOINT
+    from .workers.trainer_settings import parse_settings
+
+    cfg = _load_config(config_path, check_files=False)
+    trainers = [w for w in cfg.workers if w.type == "trainer" and (worker is None or w.name == worker)]
+    if len(trainers) != 1:
+        names = ", ".join(w.name for w in cfg.workers if w.type == "trainer") or "none"
+        _fail(f"{config_path}: " + (f"no trainer worker named {worker!r}" if worker else
+                                    "name one trainer worker with --worker") + f" (trainers: {names})", EXIT_USAGE)
+    (w,) = trainers
+    checkpoint = cfg.node.data_dir / "workers" / w.name / CHECKPOINT
+    if not checkpoint.is_file():
+        _fail(f"{checkpoint}: no checkpoint yet (the trainer writes one after its first merged round)", EXIT_USAGE)
+    try:
+        settings = parse_settings(w.name, w.settings, base_dir=config_path.absolute().parent)
+    except WorkerSettingsError as exc:
+        _fail(f"{config_path}: {exc}", EXIT_USAGE)
+    from .workers.trainer_export import export_adapter
+
+    try:
+        info = export_adapter(settings, checkpoint, out)
+    except (ValueError, OSError) as exc:
+        _fail(f"cannot export {checkpoint}: {exc}", EXIT_BAD_INPUT)
+    click.echo(f"wrote {out}: the {w.name} adapter of {info['base_model']} at round {info['round']} "
+               f"(classes {', '.join(info['classes'])})")
+
+
+@main.command()
+@_config_option
 def check(config_path: Path) -> None:
     """Check node.toml, the identity files and every worker as `meshnode run` would, without starting.
 

@@ -291,3 +291,43 @@ def test_logit_adjustment_trains_on_logits_plus_the_nodes_own_log_prior(world, t
     assert loss_plain != loss_balanced
     with pytest.raises(WorkerSettingsError, match="balance"):
         parse_settings("lora", settings(world, "a", balance="reweight"))
+
+
+def test_export_writes_an_adapter_that_peft_loads_with_the_same_predictions(world, tmp_path) -> None:
+    from peft import PeftModel
+    from safetensors.numpy import save_file
+    from transformers import AutoModelForSequenceClassification
+
+    from meshnode.workers.trainer_export import export_adapter
+    from meshnode.workers.trainer_model import LoraModel
+    from meshnode.workers.trainer_settings import parse_settings
+
+    cfg = parse_settings("lora", settings(world, "a"))
+    model = LoraModel(cfg, node_id=b"\x01" * 32)
+    model.train(3)
+    ckpt = tmp_path / "adapter.safetensors"
+    save_file({f"adapter/{k}": v for k, v in model.adapter().items()}, str(ckpt), metadata={"round": "3"})
+    info = export_adapter(cfg, ckpt, tmp_path / "out")
+    assert info["round"] == 3 and info["classes"] == ["pos", "neg"]
+    texts = ["great fun superb", "dull awful poor", "the movie was"]
+    base = AutoModelForSequenceClassification.from_pretrained(world["models"]["bert"], num_labels=2)
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "out")).eval()
+    enc = model.tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+    with torch.inference_mode():
+        probs = torch.softmax(loaded(**enc).logits, dim=-1).numpy()
+    np.testing.assert_allclose(probs, model.predict(texts), atol=1e-5)
+
+
+def test_export_without_a_checkpoint_is_one_line_and_exit_2(world, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from meshnode.cli import main
+
+    cfg = node_config(tmp_path / "n", world["ids"]["a"], workers=[
+        {"name": "lora", "type": "trainer", "settings": settings(world, "a")}])
+    toml = tmp_path / "node.toml"
+    toml.write_text(f'[node]\nname = "a"\ndata_dir = "{cfg.node.data_dir}"\n[identity]\nkey = "{cfg.identity.key}"\n'
+                    f'cert = "{cfg.identity.cert}"\nca_cert = "{cfg.identity.ca_cert}"\n[[workers]]\nname = "lora"\n'
+                    f'type = "trainer"\n[workers.settings]\ntask = "k"\nmodel = "m"\nclasses = ["a", "b"]\n')
+    r = CliRunner().invoke(main, ["export", "--config", str(toml), str(tmp_path / "out")])
+    assert r.exit_code == 2 and "no checkpoint yet" in r.output and len(r.output.strip().splitlines()) == 1
