@@ -313,9 +313,10 @@ def node_record(report: dict[str, Any], name: str, role: str, final: float) -> d
     return rec
 
 
-def run_seed(fleet: Fleet, seed: int, scale: float, reuse: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One seed; `reuse`: a finished record of the same task and seed whose trainer-independent
-    baselines (i)-(iii) are taken instead of recomputed (they do not depend on the trainers' settings)."""
+def run_seed(fleet: Fleet, seed: int, scale: float, reuse: Path | None = None) -> dict[str, Any]:
+    """One seed; `reuse`: the record of another run of the same task and seed whose trainer-independent
+    baselines (i)-(iii) are taken instead of recomputed (they do not depend on the trainers' settings);
+    when that run is still going, this one waits for its record (at most an hour)."""
     data = fleet.data
     out: dict[str, Any] = {"task": fleet.task, "seed": seed, "scale": scale}
     with tempfile.TemporaryDirectory(prefix="mlearn-") as tmp:
@@ -338,11 +339,16 @@ def run_seed(fleet: Fleet, seed: int, scale: float, reuse: dict[str, Any] | None
         a_ok, _ = final_eval(worker(data, "m1", "lora"), [ckpt("alone", n) for n in TRAINERS])
         log(f"  trainers alone {a_ok.mean():.3f}")
         if reuse is not None:
-            log(f"seed {seed}: (i)-(iii) taken from a finished run of this seed")
-            frozen = {k: np.array(reuse["correct"][k], dtype=np.int8) for k in
+            log(f"seed {seed}: (i)-(iii) taken from {reuse.name}")
+            deadline = time.monotonic() + 3600
+            while time.monotonic() < deadline and not (reuse.exists() and "frozen_teacher_picked" in
+                                                       json.loads(reuse.read_text())):
+                time.sleep(30)   # that run is still going (or its frozen baselines are being refitted)
+            prior = json.loads(reuse.read_text())
+            frozen = {k: np.array(prior["correct"][k], dtype=np.int8) for k in
                       ("student_frozen_soft", "student_frozen_soft_pooled", "student_ceiling")}
-            frozen["frozen_teacher_picked"] = reuse["frozen_teacher_picked"]
-            g_ok = np.array(reuse["correct"]["student_lora_gold_anchors"], dtype=np.int8)
+            frozen["frozen_teacher_picked"] = prior["frozen_teacher_picked"]
+            g_ok = np.array(prior["correct"]["student_lora_gold_anchors"], dtype=np.int8)
         else:
             log(f"seed {seed}: (i), (ii) frozen baselines")
             frozen = frozen_baselines(fleet, seed)
@@ -476,8 +482,9 @@ def main() -> None:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 reuse = None
                 if args.reuse_baselines is not None:
-                    reuse = json.loads((partial / f"{fleet.task}{args.reuse_baselines}-seed{seed}.json").read_text())
+                    reuse = partial / f"{fleet.task}{args.reuse_baselines}-seed{seed}.json"
                 rec = run_seed(fleet, seed, args.scale, reuse)
+                rec["baselines_from"] = reuse.name if reuse is not None else None
                 rec["balance"] = args.balance
                 rec["loadavg"] = os.getloadavg()
                 (partial / f"{fleet.task}{tag}-seed{seed}.json").write_text(json.dumps(rec) + "\n")
