@@ -62,6 +62,8 @@ ROUNDS_LOG = "rounds.jsonl"
 HISTORY = 50                 # rounds kept for status
 SNAPSHOT_GAP_S = 2.0         # at most one snapshot per requester this often
 POLL_S = 0.25                # how often a waiting round re-checks member liveness
+HELLO_ANSWER_GAP_S = 1.0     # a joining peer's hello is answered at once only if our last hello is older:
+                             # two joining nodes otherwise answer each other back and forth at link speed
 
 
 MAX_CLASSIFY_TEXTS = 1024
@@ -113,6 +115,7 @@ class TrainerWorker(TaskWorker):
         self._assemblies: dict[tuple[bytes, str, int, bytes], Assembly] = {}
         self._wake = asyncio.Event()
         self._hello_now = asyncio.Event()
+        self._last_hello = -math.inf                   # monotonic time of our last hello
         self._joining = True
         self._awaiting: bytes | None = None           # peer whose snapshot we asked for
         self._snapshot: tuple[bytes, Position, dict[str, np.ndarray]] | None = None
@@ -475,6 +478,7 @@ class TrainerWorker(TaskWorker):
         ctx, cfg = self.ctx, self.cfg
         assert self._key is not None
         while True:
+            self._last_hello = ctx.clock.monotonic()
             await ctx.publish(hello_body(self._key, self._pos, joining=self._joining))
             ctx.metrics.inc("hellos")
             await self.sleep_or_wake(cfg.hello_interval, self._hello_now)
@@ -508,7 +512,10 @@ class TrainerWorker(TaskWorker):
             self._book.heard(origin, msg.position, now)
         if isinstance(msg, Hello):
             if msg.joining:
-                self._hello_now.set()   # answer a joining node now, not at our next interval
+                if now - self._last_hello >= min(HELLO_ANSWER_GAP_S, self.cfg.hello_interval):
+                    self._hello_now.set()   # answer a joining node now, not at our next interval
+                else:
+                    ctx.metrics.inc("hellos_deferred")
             self._wake.set()
         elif isinstance(msg, SnapshotRequest):
             if msg.to == ctx.node_id:

@@ -331,3 +331,26 @@ def test_export_without_a_checkpoint_is_one_line_and_exit_2(world, tmp_path) -> 
                     f'type = "trainer"\n[workers.settings]\ntask = "k"\nmodel = "m"\nclasses = ["a", "b"]\n')
     r = CliRunner().invoke(main, ["export", "--config", str(toml), str(tmp_path / "out")])
     assert r.exit_code == 2 and "no checkpoint yet" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_joining_nodes_do_not_answer_each_others_hellos_back_and_forth(world) -> None:
+    # Two nodes joining at once used to answer every joining hello at once, so they ping-ponged hellos at
+    # link speed for the whole join_wait (~1,200 in 10 simulated seconds). An answer now waits for
+    # HELLO_ANSWER_GAP_S since the node's last hello; the bound below allows one per gap plus the
+    # regular ones, with room to spare.
+    from meshnode.sim.runner import run_scenario
+    from meshnode.sim.scenario import parse_scenario
+    from meshnode.workers.trainer import HELLO_ANSWER_GAP_S
+
+    def node(name: str) -> dict[str, Any]:
+        return {"name": name, "workers": [{"name": "lora", "type": "trainer", "settings": settings(
+            world, name, codec="ternary-ef", rounds=1, min_peers=1, hello_interval=5.0, join_wait=10.0,
+            chunk_bytes=1 << 20)}]}
+
+    report = run_scenario(parse_scenario({"name": "join", "seed": 2, "nodes": [node("a"), node("b")],
+                                          "topology": {"kind": "full_mesh", "profile": "lan"},
+                                          "stop": {"time": 30}}))
+    for n in ("a", "b"):
+        m = report["nodes"][n]["workers"][0]["metrics"]
+        assert m["rounds"] == 1
+        assert m["hellos"] <= 30 / HELLO_ANSWER_GAP_S + 30 / 5.0 + 4, m
