@@ -132,9 +132,10 @@ def node() -> None:
               help="A peer to dial beyond the LAN. Repeatable.")
 @click.option("--data-dir", default="data", show_default=True,
               help="State, control socket and captures; relative to DIRECTORY.")
+@click.option("--no-mdns", is_flag=True, help="No mDNS discovery: peers only from --static-peer (and who dials in).")
 @click.option("--force", is_flag=True, help="Replace an existing key, certificate and node.toml.")
 def node_init(directory: Path, mesh_dir: Path, name: str, port: int, listen_host: str | None,
-              static_peers: tuple[str, ...], data_dir: str, force: bool) -> None:
+              static_peers: tuple[str, ...], data_dir: str, no_mdns: bool, force: bool) -> None:
     """Enrol a node: key, certificate signed by the mesh CA, and DIRECTORY/node.toml."""
     import tomllib
 
@@ -142,7 +143,8 @@ def node_init(directory: Path, mesh_dir: Path, name: str, port: int, listen_host
     from .identity import IdentityError, init_node, load_mesh, validate_node_name
 
     config_path = directory.absolute() / CONFIG_FILE
-    values: dict[str, Any] = {"data_dir": data_dir, "listen_port": port, "static_peers": static_peers}
+    values: dict[str, Any] = {"data_dir": data_dir, "listen_port": port, "static_peers": static_peers,
+                              "mdns": not no_mdns}
     if listen_host is not None:
         values["listen_host"] = listen_host
     try:

@@ -613,12 +613,13 @@ def default_config_text(
     listen_port: int = 0,
     static_peers: tuple[str, ...] | list[str] = (),
     mdns_interfaces: tuple[str, ...] | list[str] = (),
+    mdns: bool = True,
 ) -> str:
     """A complete node.toml: the given values set, every other key shown commented at its default."""
     active: dict[str, dict[str, Any]] = {
         "node": {"name": name, "data_dir": data_dir, "listen_port": listen_port},
         "identity": {k: SCHEMA["identity"][k].default for k in SCHEMA["identity"]},
-        "discovery": {"mdns": True},
+        "discovery": {"mdns": mdns},
     }
     if listen_host is not None:
         active["node"]["listen_host"] = listen_host

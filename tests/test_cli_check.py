@@ -85,3 +85,15 @@ def test_a_missing_extra_names_the_install(node_dir: Path, monkeypatch) -> None:
     line = one_line(r)
     assert r.exit_code == 2 and "workers.lora: worker type 'trainer' needs peft" in line
     assert "install the ml extra" in line
+
+
+def test_node_init_no_mdns_writes_a_config_without_mdns(tmp_path: Path) -> None:
+    import tomllib
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["mesh", "init", str(tmp_path / "mesh")]).exit_code == 0
+    r = runner.invoke(main, ["node", "init", str(tmp_path / "n"), "--mesh", str(tmp_path / "mesh"), "--name", "n",
+                             "--no-mdns", "--static-peer", "127.0.0.1:7400"])
+    assert r.exit_code == 0, r.output
+    cfg = tomllib.loads((tmp_path / "n" / "node.toml").read_text())
+    assert cfg["discovery"]["mdns"] is False and cfg["discovery"]["static_peers"] == ["127.0.0.1:7400"]

@@ -195,6 +195,10 @@ class TransferWorker(TaskWorker):
         self._exp = Expectation(cfg.task, self.space, anchors.name, len(anchors), anchors.hash)
         if cfg.role == "teacher" and cfg.trainer is not None and not {"linear", "prototypes"} & set(cfg.knowledge):
             return anchors   # predictions only: the trainer's model makes them, no frozen embedder needed
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         with LOAD_LOCK:   # one model load at a time in a process (see meshnode.models)
             self._embedder = Embedder.from_spec(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir(),
                                                 device=cfg.device, batch_size=cfg.batch_size,

@@ -64,6 +64,8 @@ SETTINGS: dict[str, _Key] = {
     "batch_size": _Key((int,), 32, BOTH, "Texts per forward pass."),
     "max_length": _Key((int,), 128, BOTH, "Tokens per text (longer texts are truncated)."),
     "seed": _Key((int,), 0, BOTH, "Seed for sampling and the contrastive aligner."),
+    "threads": _Key((int,), None, BOTH, "torch CPU threads (default: torch's choice; torch has one setting per "
+                    "process, so the last worker to set it wins)."),
     # teacher
     "train_data": _Key((str,), REQUIRED, TEACHER, "Labeled training set (dataset directory or jsonl file); "
                        "not with `trainer`, whose model already learnt from its own data."),
@@ -121,6 +123,7 @@ class TransferSettings:
     batch_size: int
     max_length: int
     seed: int
+    threads: int | None
     train_data: Path | None
     train_split: str
     max_train: int
@@ -197,7 +200,7 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
         raise _fail(worker, "pool", "only with learner and a map alignment (ridge, cca, procrustes, contrastive, "
                                     "none): the map pseudo-labels the pool")
     for key in ("dim", "batch_size", "max_length", "max_anchors", "max_eval", "max_train", "max_teachers",
-                "publish_every"):
+                "publish_every", "threads"):
         if values[key] is not None and values[key] < 1:
             raise _fail(worker, key, f"must be >= 1, got {values[key]}")
     if not values["dim"] <= MAX_DIM:
