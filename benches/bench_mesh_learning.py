@@ -20,7 +20,7 @@ trainer's `seed`), the same run also measures the baselines a reviewer would ask
 
 Final accuracies are on the whole eval set (SST-2 dev, 872; AG News: 1000 test rows), from each
 group's last checkpoint (both nodes of a group hold bit-identical adapters: checked); the curves
-(`accuracy_over_time`, simulated seconds) are the workers' own evals on the first 300 rows, every
+(`accuracy_over_time`, simulated seconds) are the workers' own evals on a seeded sample of 300 rows (max_eval), every
 2nd round. Paired 95% CIs: over seeds when there are 3 or more, else a bootstrap over eval items
 (pooled over the seeds run), said in `ci_kind`.
 
