@@ -226,7 +226,7 @@ def frozen_baselines(fleet: Fleet, seed: int) -> dict[str, Any]:
     from meshnode.hdc.space import Space
     from meshnode.models import Embedder, default_cache_dir
     from meshnode.workers.anchors import load_anchor_set
-    from meshnode.workers.transfer_model import fit_student, fit_teacher
+    from meshnode.workers.transfer_model import fit_student, fit_teacher, space_encoder
     from meshnode.workers.transfer_settings import SETTINGS
 
     data = fleet.data
@@ -261,10 +261,10 @@ def frozen_baselines(fleet: Fleet, seed: int) -> dict[str, Any]:
     picked = max(range(len(own)), key=lambda i: (float((own[i].predict(se[pick]) == ev.labels[pick]).mean()), -i))
     frozen_soft = (own[picked].predict(se) == ev.labels).astype(np.int8)
     pooled = (student_on(tt, train_labels).predict(se) == ev.labels).astype(np.int8)
-    center = sa.mean(axis=0)
-    ceiling = LinearKnowledge.fit(space.encode(st, center=center, tau=tau), train_labels, shards[0].classes,
-                                  probe="ridge")
-    ceil = (ceiling.predict(space.encode(se, center=center, tau=tau)) == ev.labels).astype(np.int8)
+    center, whiten = space_encoder(space, sa)
+    ceiling = LinearKnowledge.fit(space.encode(st, center=center, tau=tau, whiten=whiten), train_labels,
+                                  shards[0].classes, probe="ridge")
+    ceil = (ceiling.predict(space.encode(se, center=center, tau=tau, whiten=whiten)) == ev.labels).astype(np.int8)
     assert anchors.hash == anchor_hash(anchors.texts)
     assert len({len(x) for x in shards}) == 1
     return {"student_frozen_soft": frozen_soft, "student_frozen_soft_pooled": pooled, "student_ceiling": ceil,

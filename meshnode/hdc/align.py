@@ -194,17 +194,40 @@ class ProcrustesAligner:
 _RIDGE_GRID = np.logspace(-4, 4, 33)
 
 
+def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the first occurrence of each distinct row, group id of every row), rows compared bytewise."""
+    xs = np.ascontiguousarray(x)
+    keys = xs.view(np.dtype((np.void, xs.dtype.itemsize * xs.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first, inverse.ravel()
+
+
 def gcv_ridge(x: np.ndarray, y: np.ndarray, alpha: float | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Ridge regression of y on x with intercepts: (weight, x_mean, y_mean, alpha).
 
     With `alpha` None the penalty is chosen by generalised cross-validation over a log grid scaled
-    by the mean squared singular value of the centred x; every grid point costs O(r) after one SVD."""
+    by the mean squared singular value of the centred x; every grid point costs O(r) after one SVD.
+
+    Exact duplicate rows of x (a text that occurs twice: its HDC vectors are identical) are merged
+    into one row weighted by its count before the SVD: ridge on the weighted distinct rows has the same
+    solution as on all rows, and GCV counts observations as distinct rows. Counting every copy breaks
+    GCV when the rows span x's whole row space (n near or below D, as for ternary HDC vectors): the fit
+    interpolates, the residual sum of squares goes to 0 while n - 1 - df stays >= 1 per duplicate, so
+    GCV -> 0 at the smallest penalty and picks a near-ridgeless probe (issue 17: 1 duplicate in 4000
+    SST-2 texts took the probe on D = 10000 vectors from 78% to 71%)."""
     xs = np.asarray(x, dtype=np.float64)
     ys = np.asarray(y, dtype=np.float64)
     n = xs.shape[0]
     x_mean, y_mean = xs.mean(axis=0), ys.mean(axis=0)
-    xc, yc = xs - x_mean, ys - y_mean
+    first, group = _distinct_rows(xs) if n else (np.arange(0), np.arange(0))
+    counts = np.bincount(group, minlength=len(first)).astype(np.float64)
+    y_groups = np.zeros((len(first), ys.shape[1]))
+    np.add.at(y_groups, group, ys)
+    y_groups /= counts[:, None]
+    root = np.sqrt(counts)[:, None]
+    xc, yc = (xs[first] - x_mean) * root, (y_groups - y_mean) * root
+    n_obs = len(first)
     u, s, vt = thin_svd(xc)
     uty = u.T @ yc                       # (r, d_t)
     uty_sq = np.einsum("ij,ij->i", uty, uty)
@@ -216,7 +239,7 @@ def gcv_ridge(x: np.ndarray, y: np.ndarray, alpha: float | None = None
     for a in grid:
         f = s2 / (s2 + a)
         rss = total - float(uty_sq.sum()) + float(((1 - f) ** 2 * uty_sq).sum())
-        gcv = rss / max(n - 1 - float(f.sum()), 1e-9) ** 2   # the intercept costs one degree of freedom
+        gcv = rss / max(n_obs - 1 - float(f.sum()), 1e-9) ** 2   # the intercept costs one degree of freedom
         if gcv < best[0]:
             best = (gcv, a)
     chosen = float(best[1])

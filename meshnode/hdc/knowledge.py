@@ -138,7 +138,9 @@ def fit_ridge_classifier(x: np.ndarray, labels: np.ndarray, n_classes: int, *, a
     """Least-squares classifier on +-1 class indicators, penalty by GCV: (weight C x D, bias C, alpha).
 
     Closed form (one SVD of the rows), so it is cheap enough to run for every cell of a benchmark;
-    its scores are not probabilities (softmax them for "soft" predictions)."""
+    its scores are not probabilities (softmax them for "soft" predictions). GCV counts distinct rows
+    (see `gcv_ridge`): on ternary vectors with n below D, counting a repeated text twice made GCV pick
+    a near-interpolating penalty and cost up to 7 points (issue 17, benches/results/space.json)."""
     from .align import gcv_ridge
 
     ys = np.asarray(labels, dtype=np.int64)

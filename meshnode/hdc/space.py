@@ -8,6 +8,18 @@ the raw 64-bit output of PCG64 (an exactly specified integer generator) seeded f
 numpy's own `standard_normal` is not used because numpy does not promise its stream across
 releases; the raw PCG64 stream is fixed by the algorithm.
 
+Encoder versions (protocol/SPEC.md §3.1.1): version 1 projects the centred embedding. Version 2 (issue
+17) first applies a partial whitening from the node's own anchor statistics (`anchor_whitening`:
+(anchor covariance + WHITEN_EPS x its mean eigenvalue)^(-1/4), a symmetric matrix), then projects with
+a version-2 matrix. A decoder's mean-pooled states are very anisotropic (SmolLM2's top covariance
+eigenvalue is ~1300x the median, MiniLM's ~110x): the per-vector sign threshold then spends nearly every
+trit on a few directions, and a ridge probe on SICK lost ~5 points against float embeddings at
+D = 10000. Full whitening (power 1/2) fixed that but cost 2-4 points on the well-conditioned models
+(MPNet on SST-2, SmolLM2 on AG News); the quarter power was chosen among four forms on validation rows
+of the train sets (benches/bench_space.py --stage select), never on test data. Whitening is node-local
+(each node whitens its own model's embeddings with its own anchors), so what travels, and the
+projection every node derives, stay defined by (seed, D, version) alone.
+
 Ternary quantisation keeps the sign of the entries whose magnitude is above a per-vector threshold:
 either tau x std of the vector (the paper's rule, tau = 0.3) or the magnitude quantile that gives a
 target fraction of zeros (the research log's "70% sparse" mode). Which one was used, and the zero
@@ -26,9 +38,13 @@ import numpy as np
 
 __all__ = [
     "ENCODER_VERSION",
+    "ENCODER_VERSIONS",
     "MAX_DIM",
     "MAX_WIDTH",
+    "WHITEN_EPS",
+    "WHITEN_POWER",
     "Space",
+    "anchor_whitening",
     "bundle",
     "cosine",
     "dot",
@@ -37,7 +53,10 @@ __all__ = [
     "zero_fraction",
 ]
 
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2              # the newest encoder this node has
+ENCODER_VERSIONS = (1, 2)        # every version it can still encode and decode
+WHITEN_EPS = 0.1                 # version 2's whitening ridge, relative to the mean eigenvalue
+WHITEN_POWER = 0.25              # version 2 scales direction i by (l_i + eps * mean(l)) ** -WHITEN_POWER
 MAX_DIM = 1 << 20          # the wire's default max_dim: a space no receiver could accept is refused here
 MAX_WIDTH = 1 << 16        # embedding widths beyond this are not models we know; bounds the projection size
 _MAX_PROJECTION_FLOATS = 1 << 28   # 1 GiB of float32: refuse before allocating
@@ -68,8 +87,8 @@ def projection(seed: int, width: int, dim: int, version: int = ENCODER_VERSION) 
     """The (width, dim) float32 projection of a space: Gaussian entries, every column of unit norm.
 
     Read-only and cached (a D = 10000 projection of a 768-d model is 30 MB)."""
-    if version != ENCODER_VERSION:
-        raise ValueError(f"encoder version {version} is not supported (this node has {ENCODER_VERSION})")
+    if version not in ENCODER_VERSIONS:
+        raise ValueError(f"encoder version {version} is not supported (this node has {_versions()})")
     for name, value, limit in (("seed", seed, (1 << 64) - 1), ("width", width, MAX_WIDTH), ("dim", dim, MAX_DIM)):
         if type(value) is not int or not 0 <= value <= limit:
             raise ValueError(f"{name} must be an int in 0..{limit}, got {value!r}")
@@ -84,6 +103,32 @@ def projection(seed: int, width: int, dim: int, version: int = ENCODER_VERSION) 
     out = np.ascontiguousarray(cols.T, dtype=np.float32)
     out.flags.writeable = False
     return out
+
+
+def _versions() -> str:
+    return ", ".join(str(v) for v in ENCODER_VERSIONS)
+
+
+def anchor_whitening(anchor_emb: np.ndarray, eps: float = WHITEN_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """(center, whitening) of version 2 from a node's own anchor embeddings (N, width).
+
+    whitening = V (L + eps * mean(L))^(-WHITEN_POWER) V^T with V, L the eigenvectors and -values of the
+    anchor covariance: symmetric, so it does not depend on the sign eigh gives each eigenvector, and
+    partial (power 1/4, regularised) so directions the anchors barely span are not blown up to noise."""
+    x = np.asarray(anchor_emb, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need (N >= 2, width) anchor embeddings, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("anchor embeddings have non-finite values")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    center = x.mean(axis=0)
+    xc = x - center
+    vals, vecs = np.linalg.eigh(xc.T @ xc / (x.shape[0] - 1))
+    vals = np.clip(vals, 0.0, None)
+    floor = eps * float(vals.mean()) if vals.mean() > 0 else 1.0
+    whiten = (vecs * (vals + floor) ** -WHITEN_POWER) @ vecs.T
+    return center.astype(np.float32), whiten.astype(np.float32)
 
 
 def ternarize(x: np.ndarray, tau: float = 0.3, *, sparsity: float | None = None) -> np.ndarray:
@@ -159,15 +204,15 @@ class Space:
 
     seed: int
     dim: int
-    version: int = ENCODER_VERSION
+    version: int = 1     # version 2 needs each node's anchor whitening: opt in with `version=2`
 
     def __post_init__(self) -> None:
         if type(self.seed) is not int or not 0 <= self.seed < 1 << 64:
             raise ValueError(f"seed must be an int in 0..2**64-1, got {self.seed!r}")
         if type(self.dim) is not int or not 1 <= self.dim <= MAX_DIM:
             raise ValueError(f"dim must be an int in 1..{MAX_DIM}, got {self.dim!r}")
-        if self.version != ENCODER_VERSION:
-            raise ValueError(f"encoder version {self.version} is not supported (this node has {ENCODER_VERSION})")
+        if self.version not in ENCODER_VERSIONS:
+            raise ValueError(f"encoder version {self.version} is not supported (this node has {_versions()})")
 
     @property
     def space_id(self) -> bytes:
@@ -178,17 +223,30 @@ class Space:
     def projection(self, width: int) -> np.ndarray:
         return projection(self.seed, width, self.dim, self.version)
 
-    def project(self, x: np.ndarray, *, center: np.ndarray | None = None) -> np.ndarray:
+    def project(self, x: np.ndarray, *, center: np.ndarray | None = None,
+                whiten: np.ndarray | None = None) -> np.ndarray:
         """Float HDC coordinates (N, D) of embeddings `x` (N, width), after subtracting `center`.
 
         Centering with the node's own mean embedding (an unlabeled local statistic) matters: mean
-        pooled decoder states share a large common direction that would otherwise dominate the sign."""
+        pooled decoder states share a large common direction that would otherwise dominate the sign.
+        Version 2 also needs `whiten` (width x width, from `anchor_whitening` on the node's anchors);
+        version 1 refuses it, so a v1 vector is always the v1 encoding."""
         arr = np.atleast_2d(np.asarray(x, dtype=np.float32))
         if center is not None:
             arr = arr - np.asarray(center, dtype=np.float32)
+        if self.version >= 2:
+            if whiten is None:
+                raise ValueError("encoder version 2 whitens with the node's anchor statistics: pass whiten= "
+                                 "(see anchor_whitening)")
+            w = np.asarray(whiten, dtype=np.float32)
+            if w.shape != (arr.shape[1], arr.shape[1]):
+                raise ValueError(f"whiten is {w.shape}, expected ({arr.shape[1]}, {arr.shape[1]})")
+            arr = arr @ w
+        elif whiten is not None:
+            raise ValueError("encoder version 1 does not whiten")
         return arr @ self.projection(arr.shape[1])
 
     def encode(self, x: np.ndarray, *, center: np.ndarray | None = None, tau: float = 0.3,
-               sparsity: float | None = None) -> np.ndarray:
+               sparsity: float | None = None, whiten: np.ndarray | None = None) -> np.ndarray:
         """Ternary HDC vectors (N, D) int8 of embeddings `x`."""
-        return ternarize(self.project(x, center=center), tau, sparsity=sparsity)
+        return ternarize(self.project(x, center=center, whiten=whiten), tau, sparsity=sparsity)

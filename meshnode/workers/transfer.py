@@ -50,6 +50,7 @@ from .transfer_model import (
     fit_student,
     fit_teacher,
     fit_teacher_from_predictions,
+    space_encoder,
     taught_targets,
 )
 from .transfer_protocol import (
@@ -136,6 +137,7 @@ class TransferWorker(TaskWorker):
         self._anchors: AnchorSet | None = None
         self._anchor_trits: np.ndarray | None = None
         self._center: np.ndarray | None = None
+        self._whiten: np.ndarray | None = None
         self._version: dict[str, Any] | None = None
         self._versions = 0
         self._initial_accuracy: float | None = None
@@ -267,8 +269,9 @@ class TransferWorker(TaskWorker):
         """Blocking: anchors, and the frozen anchor vectors a map student needs (linear/prototypes)."""
         self._prepare_common(embed_eval=False)
         if self._anchor_emb is not None:
-            self._center = self._anchor_emb.mean(axis=0)
-            self._anchor_trits = self.space.encode(self._anchor_emb, center=self._center, tau=self.cfg.tau)
+            self._center, self._whiten = space_encoder(self.space, self._anchor_emb)
+            self._anchor_trits = self.space.encode(self._anchor_emb, center=self._center, tau=self.cfg.tau,
+                                                   whiten=self._whiten)
 
     async def _teacher_main(self) -> None:
         ctx, cfg = self.ctx, self.cfg
@@ -327,7 +330,8 @@ class TransferWorker(TaskWorker):
         cfg = self.cfg
         assert self._exp is not None
         fit = fit_teacher_from_predictions(pred.probs, pred.classes, self._exp.anchor_hash, self._anchor_trits,
-                                           self._center, forms=cfg.knowledge, predictions=cfg.predictions)
+                                           self._center, forms=cfg.knowledge, predictions=cfg.predictions,
+                                           whiten=self._whiten)
         info = {"model": cfg.model, "trainer": cfg.trainer, "group": self._trainer.group if self._trainer else "",
                 "trainer_round": pred.position.round,
                 "adapter": pred.position.base.hex(), "accuracy": pred.accuracy}

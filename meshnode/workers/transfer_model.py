@@ -31,7 +31,7 @@ from ..hdc.knowledge import (
     fit_ridge_classifier,
     softmax,
 )
-from ..hdc.space import Space, cosine, ternarize
+from ..hdc.space import Space, anchor_whitening, cosine, ternarize
 
 __all__ = [
     "ALIGNMENTS",
@@ -43,12 +43,22 @@ __all__ = [
     "fit_student",
     "fit_teacher",
     "fit_teacher_from_predictions",
+    "space_encoder",
     "taught_targets",
 ]
 
 ANCHOR_LABELS = "anchor-labels"
 MAP_METHODS = ("ridge", "cca", "procrustes", "contrastive", "none")
 ALIGNMENTS = (ANCHOR_LABELS, *MAP_METHODS)
+
+
+def space_encoder(space: Space, anchor_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(center, whitening) with which this node encodes its embeddings in `space`, from its own anchor
+    embeddings (local, unlabeled statistics that never travel): the anchor mean, and for encoder
+    version 2 the partial whitening of hdc.space.anchor_whitening (None for version 1)."""
+    if space.version >= 2:
+        return anchor_whitening(anchor_emb)
+    return np.asarray(anchor_emb).mean(axis=0), None
 
 
 @dataclass(frozen=True)
@@ -58,17 +68,18 @@ class TeacherFit:
     linear: LinearKnowledge
     forms: dict[str, Any]              # form name -> knowledge object to publish
     train_accuracy: float
+    whiten: np.ndarray | None = None   # (d, d) encoder version 2's anchor whitening
 
     def scores(self, space: Space, emb: np.ndarray, tau: float) -> np.ndarray:
-        return self.linear.logits(space.encode(emb, center=self.center, tau=tau))
+        return self.linear.logits(space.encode(emb, center=self.center, tau=tau, whiten=self.whiten))
 
 
 def fit_teacher(space: Space, tau: float, anchor_emb: np.ndarray, anchor_hash: bytes, train_emb: np.ndarray,
                 labels: np.ndarray, classes: Sequence[str], *, probe: str, forms: Sequence[str],
                 predictions: str, seed: int = 0) -> TeacherFit:
-    center = anchor_emb.mean(axis=0)
-    anchors = space.encode(anchor_emb, center=center, tau=tau)
-    train = space.encode(train_emb, center=center, tau=tau)
+    center, whiten = space_encoder(space, anchor_emb)
+    anchors = space.encode(anchor_emb, center=center, tau=tau, whiten=whiten)
+    train = space.encode(train_emb, center=center, tau=tau, whiten=whiten)
     linear = LinearKnowledge.fit(train, labels, classes, labels_kind="gold", probe=probe, seed=seed)
     out: dict[str, Any] = {}
     for form in forms:
@@ -84,12 +95,13 @@ def fit_teacher(space: Space, tau: float, anchor_emb: np.ndarray, anchor_hash: b
         else:
             raise ValueError(f"unknown knowledge form {form!r}")
     acc = float((linear.predict(train) == labels).mean()) if len(labels) else float("nan")
-    return TeacherFit(center, anchors, linear, out, acc)
+    return TeacherFit(center, anchors, linear, out, acc, whiten)
 
 
 def fit_teacher_from_predictions(probs: np.ndarray, classes: Sequence[str], anchor_hash: bytes,
                                  anchor_trits: np.ndarray | None, center: np.ndarray | None, *,
-                                 forms: Sequence[str], predictions: str) -> TeacherFit:
+                                 forms: Sequence[str], predictions: str,
+                                 whiten: np.ndarray | None = None) -> TeacherFit:
     """A teacher whose knowledge is a fine-tuned model's class probabilities on the anchors (a trainer
     worker's synchronised adapter), not a probe on labelled data. `predictions` are those
     probabilities; `linear` (for students with a map) is a ridge probe from the teacher's frozen
@@ -122,7 +134,8 @@ def fit_teacher_from_predictions(probs: np.ndarray, classes: Sequence[str], anch
         linear = LinearKnowledge(tuple(classes), np.zeros((len(classes), 1), np.float32),
                                  np.zeros(len(classes), np.float32), "teacher")
     trits = anchor_trits if anchor_trits is not None else np.zeros((0, 0), np.int8)
-    return TeacherFit(center if center is not None else np.zeros(0, np.float32), trits, linear, out, float("nan"))
+    return TeacherFit(center if center is not None else np.zeros(0, np.float32), trits, linear, out, float("nan"),
+                      whiten)
 
 
 def taught_targets(knowledge: dict[str, Any], fit: StudentFit, anchor_emb: np.ndarray | None,
@@ -152,6 +165,7 @@ class StudentFit:
     space: Space
     tau: float
     center: np.ndarray | None = None    # anchor-labels: the student's own anchor mean
+    whiten: np.ndarray | None = None    # anchor-labels, encoder version 2: its own anchor whitening
     weight: np.ndarray | None = None    # (C, D): anchor-labels probe, or the teacher's linear probe
     bias: np.ndarray | None = None
     prototypes: np.ndarray | None = None
@@ -159,7 +173,7 @@ class StudentFit:
 
     def scores(self, emb: np.ndarray) -> np.ndarray:
         if self.alignment == ANCHOR_LABELS:
-            x = self.space.encode(emb, center=self.center, tau=self.tau)
+            x = self.space.encode(emb, center=self.center, tau=self.tau, whiten=self.whiten)
         else:
             assert self.aligner is not None
             x = ternarize(self.aligner.transform(emb), self.tau)
@@ -179,15 +193,16 @@ def fit_student(alignment: str, space: Space, tau: float, anchor_emb: np.ndarray
         pk = knowledge.get("predictions")
         if not isinstance(pk, PredictionKnowledge):
             raise ValueError("anchor-labels needs the teacher's predictions on the anchors")
-        center = anchor_emb.mean(axis=0)
-        x = space.encode(anchor_emb, center=center, tau=tau).astype(np.float64)
+        center, whiten = space_encoder(space, anchor_emb)
+        x = space.encode(anchor_emb, center=center, tau=tau, whiten=whiten).astype(np.float64)
         if pk.soft:
             w, x_mean, y_mean, _ = gcv_ridge(x, pk.predictions.astype(np.float64))
             weight = w.T.astype(np.float32)
             bias = (y_mean - x_mean @ w).astype(np.float32)
         else:
             weight, bias, _ = fit_ridge_classifier(x, pk.hard_labels(), len(pk.classes))
-        return StudentFit(alignment, pk.classes, "predictions", space, tau, center=center, weight=weight, bias=bias)
+        return StudentFit(alignment, pk.classes, "predictions", space, tau, center=center, whiten=whiten,
+                          weight=weight, bias=bias)
     if alignment not in MAP_METHODS:
         raise ValueError(f"unknown alignment {alignment!r}; known: {', '.join(ALIGNMENTS)}")
     if teacher_anchors is None:

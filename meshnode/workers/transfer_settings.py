@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..hdc.space import ENCODER_VERSION, MAX_DIM
+from ..hdc.space import ENCODER_VERSION, ENCODER_VERSIONS, MAX_DIM
 from .anchors import MAX_ANCHORS
 from .base import WorkerSettingsError
 from .transfer_model import ALIGNMENTS, ANCHOR_LABELS
@@ -51,7 +51,9 @@ SETTINGS: dict[str, _Key] = {
     "dim": _Key((int,), 10000, BOTH, "Dimension D of the shared HDC space."),
     # 1, not ENCODER_VERSION: version 2 whitens with the anchor statistics, which this worker does not
     # pass to Space.encode yet (issue 17; docs/WORKERS.md)
-    "space_version": _Key((int,), 1, BOTH, "Encoder version of the space (1; version 2 needs worker support)."),
+    "space_version": _Key((int,), ENCODER_VERSION, BOTH, "Encoder version of the space: 2 (projection of the "
+                          "centred embedding after a partial whitening from this node's own anchors) or 1 (no "
+                          "whitening; what nodes before version 2 speak)."),
     "tau": _Key((int, float), 0.3, BOTH, "Ternary threshold: zero where |x| <= tau * std of the vector."),
     "topic": _Key((str,), None, BOTH, "Topic instead of transfer/<task>."),
     "classes": _Key((list,), None, BOTH, "Class names for data files without labels.json (id order)."),
@@ -209,10 +211,9 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
         raise _fail(worker, "max_anchors", f"must be in 2..{MAX_ANCHORS}")
     if not 0 <= values["space_seed"] < 1 << 64:
         raise _fail(worker, "space_seed", "must be in 0..2**64-1")
-    if values["space_version"] != 1:
-        # Space has versions 1..ENCODER_VERSION; this worker encodes with version 1's inputs only
-        raise _fail(worker, "space_version", f"this worker supports encoder version 1 only (the node's "
-                                             f"hdc.space has {ENCODER_VERSION}; version 2 needs anchor whitening)")
+    if values["space_version"] not in ENCODER_VERSIONS:
+        raise _fail(worker, "space_version", f"this node has encoder versions {', '.join(map(str, ENCODER_VERSIONS))}, "
+                                             f"got {values['space_version']}")
     if not values["tau"] >= 0:
         raise _fail(worker, "tau", "must be >= 0")
     for key in ("republish_interval", "announce_interval"):
