@@ -506,6 +506,42 @@ def sim(scenario_path: Path, report_path: Path | None, plot_path: Path | None, c
         sys.exit(EXIT_BAD_INPUT)
 
 
+@main.group()
+def data() -> None:
+    """Files for a fleet's nodes, made from one labelled dataset (no hand-written shards or anchors)."""
+
+
+@data.command("fleet")
+@click.argument("source", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--nodes", type=click.IntRange(1, 1024), default=2, show_default=True, help="Labelled shards.")
+@click.option("--skew", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Share of each shard from its own classes (node i owns classes i, i + nodes, ...).")
+@click.option("--per-node", type=click.IntRange(min=1), default=1000, show_default=True, help="Rows per shard.")
+@click.option("--anchors", type=click.IntRange(min=2), default=500, show_default=True,
+              help="Unlabelled anchor texts (anchors.txt), disjoint from the shards.")
+@click.option("--pool", type=click.IntRange(min=0), default=1500, show_default=True,
+              help="More unlabelled texts (pool.txt), for a student's map to pseudo-label.")
+@click.option("--eval-split", default="dev", show_default=True, help="SOURCE's split for the eval set.")
+@click.option("--eval-rows", type=click.IntRange(min=1), default=None, help="At most this many eval rows.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_fleet(source: Path, out: Path, nodes: int, skew: float, per_node: int, anchors: int, pool: int,
+               eval_split: str, eval_rows: int | None, seed: int) -> None:
+    """Write OUT/shard-<i>/ (label-skewed), OUT/anchors.txt, OUT/pool.txt and OUT/eval/ from SOURCE, a
+    dataset directory (labels.json + <split>.jsonl[.gz], as in ../shared/data). All disjoint, seeded."""
+    from .data import DataError
+    from .shards import make_fleet_data
+
+    try:
+        fd = make_fleet_data(source, out, nodes=nodes, skew=skew, per_node=per_node, anchors=anchors, pool=pool,
+                             eval_rows=eval_rows, eval_split=eval_split, seed=seed)
+    except (DataError, ValueError, OSError) as exc:
+        _fail(f"{source}: {exc}", EXIT_USAGE)
+    for path in fd.shards:
+        click.echo(f"shard    {path}")
+    click.echo(f"anchors  {fd.anchors}\npool     {fd.pool}\neval     {fd.eval}")
+
+
 def _console() -> Any:
     from rich.console import Console
 

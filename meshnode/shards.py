@@ -6,7 +6,8 @@ and the rest from the others (SST-2 with two nodes at skew 0.9: one shard 90% ne
 90% positive). Shards, anchors and the eval rows are disjoint, drawn with one seed, so the same
 arguments write the same bytes.
 
-    python -m meshnode.shards ../shared/data/sst2 deploy/scenarios/heterogeneous/sst2 --nodes 2 --skew 0.9
+    meshnode data fleet ../shared/data/sst2 deploy/scenarios/heterogeneous/sst2 --nodes 2 --skew 0.9
+    (or python -m meshnode.shards with the same arguments)
 """
 
 from __future__ import annotations

@@ -97,3 +97,27 @@ def test_node_init_no_mdns_writes_a_config_without_mdns(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     cfg = tomllib.loads((tmp_path / "n" / "node.toml").read_text())
     assert cfg["discovery"]["mdns"] is False and cfg["discovery"]["static_peers"] == ["127.0.0.1:7400"]
+
+
+def test_data_fleet_writes_disjoint_skewed_shards_anchors_and_eval(tmp_path: Path) -> None:
+    import json
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "labels.json").write_text(json.dumps({"0": "neg", "1": "pos"}))
+    rows = [{"text": f"text number {i}", "label": i % 2} for i in range(400)]
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (src / "dev.jsonl").write_text("".join(json.dumps({"text": f"dev {i}", "label": i % 2}) + "\n" for i in range(20)))
+    r = CliRunner().invoke(main, ["data", "fleet", str(src), str(tmp_path / "out"), "--per-node", "100",
+                                  "--anchors", "50", "--pool", "40"])
+    assert r.exit_code == 0, r.output
+    shards = [[json.loads(x) for x in (tmp_path / "out" / f"shard-{i}" / "train.jsonl").read_text().splitlines()]
+              for i in (0, 1)]
+    assert [sum(1 for x in s if x["label"] == i) for i, s in enumerate(shards)] == [90, 90]
+    anchors = (tmp_path / "out" / "anchors.txt").read_text().splitlines()
+    pool = (tmp_path / "out" / "pool.txt").read_text().splitlines()
+    texts = [x["text"] for s in shards for x in s]
+    assert len(anchors) == 50 and len(pool) == 40 and len(set(texts + anchors + pool)) == 200 + 50 + 40
+    bad = CliRunner().invoke(main, ["data", "fleet", str(src), str(tmp_path / "o2"), "--per-node", "100",
+                                    "--anchors", "500"])
+    assert bad.exit_code == 2 and "rows left" in bad.output
