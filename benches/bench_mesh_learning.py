@@ -432,6 +432,39 @@ def summarise(fleet: Fleet, seeds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Each node's accuracy curve (the workers' own evals) over simulated time, one panel per seed, with
+    the final accuracies and the baselines on the whole eval set as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = summary["runs"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(7 * len(runs), 4.5), dpi=100, squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        for name, node in run["nodes"].items():
+            pts = node["accuracy_over_time"]
+            if pts:
+                style = "-" if node["role"] == "trainer" else "--"
+                ax.step([p[0] for p in pts], [p[1] for p in pts], style, where="post",
+                        label=f"{name} ({Path(node['model'] or '?').name}, {node['role']})")
+        for key, color in (("student_frozen_soft", "grey"), ("student_ceiling", "black"),
+                           ("student_lora_gold_anchors", "green")):
+            if key in run["baselines"]:
+                ax.axhline(run["baselines"][key], color=color, linestyle=":", linewidth=1)
+                ax.annotate(key, (0.01, run["baselines"][key]), xycoords=("axes fraction", "data"), fontsize=7,
+                            color=color, xytext=(0, 2), textcoords="offset points")
+        ax.set_xlabel("simulated time (s; includes the real compute time on a 2-core CPU)")
+        ax.set_ylabel("accuracy (workers' eval sample)")
+        ax.set_title(f"{summary['task']} seed {run['seed']}: curves; dotted: baselines on the whole eval set",
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="center left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=sorted(SCENARIOS), default="sst2")
@@ -447,6 +480,7 @@ def main() -> None:
     ap.add_argument("--reuse-baselines", metavar="TAG", default=None,
                     help="take (i)-(iii) from the finished seeds of run TAG ('' for the default run)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="PNG of the curves (default: beside --out's JSON)")
     args = ap.parse_args()
     if args.quick and args.out is None:
         ap.error("--quick needs --out (a smoke run's figures are not results)")
@@ -498,6 +532,8 @@ def main() -> None:
         out = PARTIAL / f"summary-{fleet.task}{tag}.json"
     summary["variant"] = tag or "scenario as shipped"
     out.write_text(json.dumps(summary, indent=1) + "\n")
+    if not args.quick:
+        plot(summary, args.plot or out.with_suffix(".png"))
     log(f"wrote {out}: {json.dumps(summary['means'])}")
     for k, t in summary["targets"].items():
         diff = f" ({t['diff']:+.1f} points [{t['lo']:+.1f}, {t['hi']:+.1f}])" if "diff" in t else ""
