@@ -11,20 +11,16 @@ from click.testing import CliRunner
 
 from meshnode.cli import main
 
+from .test_cli_daemon import enrolled_node
+
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture()
 def node_dir(tmp_path: Path) -> Path:
-    runner = CliRunner()
-    assert runner.invoke(main, ["mesh", "init", str(tmp_path / "mesh")]).exit_code == 0
-    r = runner.invoke(main, ["node", "init", str(tmp_path / "node-a"), "--mesh", str(tmp_path / "mesh"),
-                             "--name", "a", "--listen-host", "127.0.0.1"])
-    assert r.exit_code == 0, r.output
-    toml = tmp_path / "node-a" / "node.toml"
-    toml.write_text(toml.read_text().replace("mdns = true", "mdns = false"))
-    (tmp_path / "node-a" / "anchors.txt").write_text("one text\nanother text\n")
-    return tmp_path / "node-a"
+    directory = enrolled_node(tmp_path)
+    (directory / "anchors.txt").write_text("one text\nanother text\n")
+    return directory
 
 
 TRAINER = '''

@@ -21,6 +21,11 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture()
 def node_dir(tmp_path: Path) -> Path:
+    return enrolled_node(tmp_path)
+
+
+def enrolled_node(tmp_path: Path) -> Path:
+    """A mesh and one node "a" made by the CLI, with mDNS off; returns the node's directory."""
     runner = CliRunner()
     assert runner.invoke(main, ["mesh", "init", str(tmp_path / "mesh")]).exit_code == 0
     r = runner.invoke(main, ["node", "init", str(tmp_path / "node-a"), "--mesh", str(tmp_path / "mesh"),
