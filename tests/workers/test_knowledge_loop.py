@@ -307,3 +307,40 @@ def test_the_teacher_knowledge_of_a_fine_tuned_model_is_its_predictions() -> Non
         fit_teacher_from_predictions(np.full((40, 2), np.nan), CLASSES, b"h" * 32, trits, emb.mean(0),
                                      forms=("predictions",), predictions="soft")
     assert isinstance(TrainerWorker, type) and Expectation is not None
+
+
+@aio
+async def test_a_member_spamming_versions_costs_one_fit_per_gap_not_one_per_packet(world, tmp_path) -> None:
+    from meshnode.workers.transfer import _FIT_GAP_S
+
+    learner = learner_node(world, tmp_path, "l1", [], min_peers=0)
+    async with running(learner):
+        student: TransferWorker = local(learner, "xfer")
+        await wait_for(lambda: status(learner, "xfer")["state"] == "waiting"
+                       and status(learner, "lora")["state"] == "waiting-teacher", "the student and learner to prepare")
+        exp = student._exp
+        rng = np.random.default_rng(0)
+        bodies = []
+        for i in range(10):   # ten valid versions, each with its own digest, back to back
+            probs = rng.dirichlet([1, 1], size=exp.anchor_count).astype(np.float32)
+            forms = {"predictions": PredictionKnowledge(CLASSES, probs, exp.anchor_hash, labels="teacher")}
+            bodies.append(with_digest(knowledge_bodies(student.cfg.topic, exp, forms, half=False, info={}),
+                                      bytes([i + 1]) * 16)[0])
+        sender = Node(node_config(tmp_path / "spammer", world["ids"]["teacher"], static=[f"127.0.0.1:{learner.port}"]),
+                      world["ids"]["teacher"], rng=random.Random(9))
+        async with running(sender):
+            await wait_for(lambda: sender.status()["peers"] == 1 and learner.status()["peers"] == 1, "the link")
+            for body in bodies:
+                await sender.publish(body)
+            # the first version is fitted at once; the ones that follow wait out the gap (at most
+            # max_teachers of them are held at all: the rest are dropped), and all but the newest held
+            # then find a newer one ready and step aside: two fits for ten versions
+            settled = lambda m: m.get("adopted", 0) == 2 and \
+                m.get("ignored.superseded", 0) + m.get("dropped.too_many_teachers", 0) == 8  # noqa: E731
+            await wait_for(lambda: settled(metrics(learner, "xfer")), "one fit now and one after the gap",
+                           timeout=45 + _FIT_GAP_S)
+            m = metrics(learner, "xfer")
+            assert m["deferred.fit_rate"] >= 1 and m.get("fit_errors", 0) == 0
+            assert m.get("dropped.too_many_teachers", 0) <= 10 - student.cfg.max_teachers
+            assert status(learner, "xfer")["digest"] != (bytes([1]) * 16).hex()
+            assert metrics(learner, "lora")["taught_versions"] == 2
