@@ -35,6 +35,8 @@ from .metrics import Metrics
 __all__ = [
     "COMMANDS",
     "ARG_COMMANDS",
+    "MAX_CLASSIFY_CHARS",
+    "MAX_CLASSIFY_TEXTS",
     "MAX_REQUEST",
     "MAX_RESPONSE",
     "ControlError",
@@ -65,6 +67,20 @@ SEND_TIMEOUT = 10.0   # seconds a client may take to read a response before it i
 class ControlError(Exception):
     """The control API could not be used: the daemon answered with an error, or answered nonsense.
     The message is one line, fit to print as is."""
+
+
+MAX_CLASSIFY_TEXTS = 1024
+MAX_CLASSIFY_CHARS = 20000
+
+
+def check_classify_texts(texts: object) -> None:
+    """The bounds every worker that classifies applies to what it is asked (the control API or a
+    direct caller): a non-empty list of at most MAX_CLASSIFY_TEXTS strings of at most
+    MAX_CLASSIFY_CHARS characters. Raises ControlError (one line)."""
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ControlError("texts must be a non-empty list of strings")
+    if len(texts) > MAX_CLASSIFY_TEXTS or any(len(t) > MAX_CLASSIFY_CHARS for t in texts):
+        raise ControlError(f"at most {MAX_CLASSIFY_TEXTS} texts of at most {MAX_CLASSIFY_CHARS} characters")
 
 
 class ControlUnavailable(ControlError):

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..atomic import write_atomic
-from ..control import ControlError
+from ..control import ControlError, check_classify_texts
 from ..hdc.delta import FUSED_NAME, Codec, DeltaCompressor, Float32Codec, codec_by_name
 from ..wire.packet import Delta, Packet, Signer, encode_packet
 from .base import TaskWorker, WorkerContext, WorkerSettingsError
@@ -64,10 +64,6 @@ SNAPSHOT_GAP_S = 2.0         # at most one snapshot per requester this often
 POLL_S = 0.25                # how often a waiting round re-checks member liveness
 HELLO_ANSWER_GAP_S = 1.0     # a joining peer's hello is answered at once only if our last hello is older:
                              # two joining nodes otherwise answer each other back and forth at link speed
-
-
-MAX_CLASSIFY_TEXTS = 1024
-MAX_CLASSIFY_CHARS = 20000
 
 
 @dataclass(frozen=True)
@@ -663,10 +659,7 @@ class TrainerWorker(TaskWorker):
 
     async def classify(self, texts: Sequence[str]) -> dict[str, Any]:
         """The control API's classify: the synchronised adapter's answer for `texts`."""
-        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-            raise ControlError("texts must be a non-empty list of strings")
-        if len(texts) > MAX_CLASSIFY_TEXTS or any(len(t) > MAX_CLASSIFY_CHARS for t in texts):
-            raise ControlError(f"at most {MAX_CLASSIFY_TEXTS} texts of at most {MAX_CLASSIFY_CHARS} characters")
+        check_classify_texts(texts)
         pred = await self.predict(texts)
         self.ctx.metrics.inc("classified", len(texts))
         return {"worker": self.name, "task": self.cfg.task, "role": "trainer", "classes": list(pred.classes),

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..atomic import write_atomic
-from ..control import ControlError
+from ..control import MAX_CLASSIFY_CHARS, MAX_CLASSIFY_TEXTS, ControlError, check_classify_texts
 from ..data import LabeledTexts
 from ..hdc.knowledge import LinearKnowledge, PredictionKnowledge, PrototypeKnowledge
 from ..hdc.space import Space
@@ -71,8 +71,6 @@ from .transfer_settings import TransferSettings, parse_settings
 
 __all__ = ["MAX_CLASSIFY_CHARS", "MAX_CLASSIFY_TEXTS", "TransferWorker"]
 
-MAX_CLASSIFY_TEXTS = 1024
-MAX_CLASSIFY_CHARS = 20000
 _PACKET_BUDGET = 3_500_000   # bytes of one knowledge body: well under 4 MiB with headers
 _STALE_ASSEMBLY_S = 600.0    # an incomplete teacher version with no progress for this long is dropped
 RESULT_JSON = "result.json"
@@ -281,7 +279,6 @@ class TransferWorker(TaskWorker):
             ctx.subscribe(cfg.topic, self._on_teacher_packet)
             self._state = "waiting-trainer"
             trainer = self._trainer
-            self._initial_accuracy = None
             await trainer.wait_prepared()
             self._initial_accuracy = trainer.accuracy
             trainer.add_round_listener(lambda: self._on_trainer_round(trainer))
@@ -717,10 +714,7 @@ class TransferWorker(TaskWorker):
 
     async def classify(self, texts: Sequence[str]) -> dict[str, Any]:
         """Class scores for `texts` from the adopted knowledge (student) or the probe (teacher)."""
-        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-            raise ControlError("texts must be a non-empty list of strings")
-        if len(texts) > MAX_CLASSIFY_TEXTS or any(len(t) > MAX_CLASSIFY_CHARS for t in texts):
-            raise ControlError(f"at most {MAX_CLASSIFY_TEXTS} texts of at most {MAX_CLASSIFY_CHARS} characters")
+        check_classify_texts(texts)
         if self._trainer is not None:
             # the trained adapter answers, not the frozen probe it learnt beside
             out = await self._trainer.classify(texts)
