@@ -57,6 +57,7 @@ __all__ = [
     "parse_config",
     "parse_peer_address",
     "render_reference",
+    "workers_toml",
     "write_default_config",
 ]
 
@@ -652,6 +653,16 @@ def default_config_text(
         "",
     ]
     return "\n".join(out)
+
+
+def workers_toml(workers: list[Mapping[str, Any]]) -> str:
+    """[[workers]] tables (name, type, settings) as TOML text, to append to a node.toml."""
+    out: list[str] = []
+    for w in workers:
+        out += ["", "[[workers]]", f"name = {_toml_value(w['name'])}", f"type = {_toml_value(w['type'])}",
+                "[workers.settings]"]
+        out += [f"{k} = {_toml_value(v)}" for k, v in (w.get("settings") or {}).items()]
+    return "\n".join(out) + "\n"
 
 
 def write_default_config(

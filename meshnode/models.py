@@ -21,7 +21,7 @@ import importlib.util
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ __all__ = [
     "load_model",
     "mean_pool",
     "model_fingerprint",
+    "quiet_transformers",
     "resolve",
 ]
 
@@ -200,8 +201,19 @@ def _converted_gguf(path: Path, cache_dir: Path) -> Path:
     return out
 
 
+def quiet_transformers() -> None:
+    """Keep transformers' load reports ("LOAD REPORT ... MISSING") and tqdm bars out of a daemon's log:
+    they are for notebooks, fill the log at every start, and bury the lines an operator needs. Its
+    errors still show. Process-wide, as transformers' verbosity is."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def checkpoint_path(spec: str, *, cache_dir: Path | None = None) -> tuple[Path | str, ModelSource]:
     """What `from_pretrained` should load for `spec` (a GGUF file is converted once and cached)."""
+    quiet_transformers()
     source = resolve(spec, cache_dir=cache_dir)
     if source.gguf:
         return _converted_gguf(source.path, cache_dir or default_cache_dir()), source
@@ -312,6 +324,9 @@ class Embedder:
         self.fingerprint = model_fingerprint(model, tokenizer, pooling="mean", max_length=max_length)
         self.cache = EmbeddingCache(cache_dir, self.fingerprint, self.dim) if cache_dir is not None else None
         self.computed = 0   # texts actually run through the model (cache misses)
+        # called with (texts done, texts to run) after each batch run through the model: progress for
+        # a worker's status while a first start embeds for minutes on a CPU
+        self.on_progress: Callable[[int, int], None] | None = None
 
     @classmethod
     def from_spec(cls, spec: str, *, cache_dir: Path | None = None, device: str | None = None,
@@ -336,6 +351,8 @@ class Embedder:
                                      max_length=self.max_length, return_tensors="pt").to(self.device)
                 hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
                 out[idx] = mean_pool(hidden, enc["attention_mask"]).float().cpu().numpy()
+                if self.on_progress is not None:
+                    self.on_progress(min(start + self.batch_size, len(order)), len(order))
         self.computed += len(texts)
         return out
 

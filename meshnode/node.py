@@ -131,6 +131,7 @@ class Node:
         self._workers: list[_WorkerEntry] = []
         self._refusals: deque[dict[str, Any]] = deque(maxlen=RECENT_REFUSALS)
         self._closed_drops: Counter[str] = Counter()
+        self._closed_bytes: Counter[str] = Counter()  # wire bytes of links that have ended
         self._started_at: float | None = None
         self._state = "new"
         self._stop_lock = asyncio.Lock()
@@ -305,6 +306,8 @@ class Node:
             await link.run()
         finally:
             self._running.discard(link)
+            self._closed_bytes["bytes.sent"] += link.bytes_out
+            self._closed_bytes["bytes.received"] += link.bytes_in
             if task is not None:
                 self._tasks.discard(task)
             self._notify_closed()
@@ -600,9 +603,12 @@ class Node:
         for name, value in self.metrics.snapshot().items():
             if isinstance(value, (int, float)):
                 out[name] += value
+        out.update(self._closed_bytes)
         for link in list(self._running):
             for value, n in link.queue.stats.evicted.items():
                 out[f"dropped.evicted_{value}"] += n
+            out["bytes.sent"] += link.bytes_out
+            out["bytes.received"] += link.bytes_in
         if self._discovery is not None:
             for name, value in self._discovery.counters.items():
                 out[f"discovery.{name}"] += value

@@ -6,7 +6,7 @@ and the rest from the others (SST-2 with two nodes at skew 0.9: one shard 90% ne
 90% positive). Shards, anchors and the eval rows are disjoint, drawn with one seed, so the same
 arguments write the same bytes.
 
-    meshnode data fleet ../shared/data/sst2 deploy/scenarios/heterogeneous/sst2 --nodes 2 --skew 0.9
+    meshnode data fleet ../shared/data/sst2 meshnode/demo/data/sst2 --nodes 2 --skew 0.9 --pool 0
     (or python -m meshnode.shards with the same arguments)
 """
 
@@ -29,7 +29,7 @@ class FleetData:
     shards: tuple[Path, ...]     # dataset directories (labels.json + train.jsonl), one per labelled node
     anchors: Path                # anchors.txt: unlabelled texts, one per line
     eval: Path                   # dataset directory with the eval split ("dev")
-    pool: Path                   # pool.txt: more unlabelled texts (for a student's map to pseudo-label)
+    pool: Path | None            # pool.txt: more unlabelled texts (for a student's map to pseudo-label); None: pool=0
 
 
 def _pick(data: LabeledTexts, wanted: dict[int, int], free: np.ndarray, rng: np.random.Generator) -> list[int]:
@@ -62,8 +62,8 @@ def make_fleet_data(source: Path, out: Path, *, nodes: int = 2, skew: float = 0.
                     train_split: str = "train", eval_split: str = "dev") -> FleetData:
     """Write `nodes` skewed shards of `per_node` rows, `anchors` and `pool` unlabelled texts from the
     rest of `train_split`, and `eval_rows` of `eval_split` (all of it when None) under `out`."""
-    if not 0 < skew <= 1 or nodes < 1 or per_node < 1 or anchors < 2:
-        raise ValueError("need 0 < skew <= 1, nodes >= 1, per_node >= 1, anchors >= 2")
+    if not 0 < skew <= 1 or nodes < 1 or per_node < 1 or anchors < 2 or pool < 0:
+        raise ValueError("need 0 < skew <= 1, nodes >= 1, per_node >= 1, anchors >= 2, pool >= 0")
     train = load_split(source, train_split)
     rng = np.random.default_rng(seed)
     c = len(train.classes)
@@ -84,13 +84,14 @@ def make_fleet_data(source: Path, out: Path, *, nodes: int = 2, skew: float = 0.
     out.mkdir(parents=True, exist_ok=True)
     anchor_path, pool_path = out / "anchors.txt", out / "pool.txt"
     anchor_path.write_text("".join(_one_line(train.texts[i]) + "\n" for i in rest[:anchors]), encoding="utf-8")
-    pool_path.write_text("".join(_one_line(train.texts[i]) + "\n" for i in rest[anchors:anchors + pool]),
-                         encoding="utf-8")
+    if pool:
+        pool_path.write_text("".join(_one_line(train.texts[i]) + "\n" for i in rest[anchors:anchors + pool]),
+                             encoding="utf-8")
     ev = load_split(source, eval_split)
     idx = list(range(len(ev))) if eval_rows is None or eval_rows >= len(ev) else \
         sorted(int(i) for i in rng.permutation(len(ev))[:eval_rows])
     eval_dir = _write(out / "eval", "dev", ev, idx)
-    return FleetData(tuple(shards), anchor_path, eval_dir, pool_path)
+    return FleetData(tuple(shards), anchor_path, eval_dir, pool_path if pool else None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,13 +68,16 @@ class _FlowState:
 
 @dataclass(frozen=True)
 class Progress:
-    """What a progress display shows (a snapshot; `links` maps "a->b" to its LinkStats.to_dict())."""
+    """What a progress display shows (a snapshot; `links` maps "a->b" to its LinkStats.to_dict();
+    `workers` maps a running node to its Node.workers(), `counters` to its Node.counters())."""
 
     time: float
     stop_time: float
     links: dict[str, dict[str, Any]]
     flows: list[dict[str, Any]]
     peers: dict[str, int]
+    workers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    counters: dict[str, dict[str, int | float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -396,8 +399,11 @@ class Simulation:
 
     def _progress(self) -> Progress:
         loop = asyncio.get_running_loop()
+        up = {n: node for n, node in self.nodes.items() if node is not None}
         return Progress(loop.time(), self.scenario.stop.time, self.net.link_stats(), self._flow_summaries(),
-                        {n: (len(node.peers()) if node is not None else -1) for n, node in self.nodes.items()})
+                        {n: (len(node.peers()) if node is not None else -1) for n, node in self.nodes.items()},
+                        workers={n: node.workers() for n, node in up.items()},
+                        counters={n: node.counters() for n, node in up.items()})
 
     # ------------------------------------------------------------------ reporting
 

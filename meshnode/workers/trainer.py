@@ -133,6 +133,7 @@ class TrainerWorker(TaskWorker):
         self._taught: dict[str, Any] | None = None
         self._accuracy: float | None = None
         self._initial_accuracy: float | None = None
+        self._doing: str | None = None   # what "preparing" is busy with, for status
         self._round_listeners: list[Callable[[], Awaitable[None]]] = []
 
     def _make_codec(self) -> Codec:
@@ -164,6 +165,7 @@ class TrainerWorker(TaskWorker):
         from .trainer_model import LoraModel
 
         cfg = self.cfg
+        self._doing = "loading the model and data"
         self._model = model = LoraModel(cfg, node_id=self.ctx.node_id)
         self._synced = model.adapter()
         self._key = GroupKey.build(cfg.topic, model.fingerprint, cfg.task, model.classes, model.params,
@@ -180,7 +182,10 @@ class TrainerWorker(TaskWorker):
                                     type(e).__name__, e)
             self._restored = None
         # Where this node starts, so that a learner's status (and meshnode sim's curves) show what it learnt.
+        if model.eval_data is not None:
+            self._doing = f"evaluating the start ({len(model.eval_data)} rows)"
         self._initial_accuracy = self._accuracy = model.evaluate()
+        self._doing = None
 
     def _set_position(self, pos: Position, *, reset: bool = False) -> None:
         self._pos = pos
@@ -364,8 +369,8 @@ class TrainerWorker(TaskWorker):
         missing = self._book.missing(r, ctx.clock.monotonic())
         t_wait = time.perf_counter() - t1
         mean, used, other = self._book.merge(r, base, own)
-        self._state = "merging"
         evaluate = (r + 1) % cfg.eval_every == 0 or (cfg.rounds > 0 and r + 1 >= cfg.rounds)
+        self._state = "evaluating" if evaluate else "merging"
         accuracy, t_merge, t_eval = await ctx.run_blocking(self._apply_merge, mean, len(used), ctx.clock.wall_us(),
                                                            evaluate)
         if accuracy is not None:
@@ -678,6 +683,8 @@ class TrainerWorker(TaskWorker):
             "refused": dict(self._refusals), "last_refusal": self._last_refusal, "catchups": self._catchups,
             "restored": self._restored,
         }
+        if self._doing is not None:
+            out["doing"] = self._doing
         if self._error:
             out["error"] = self._error
         if self._key is not None:

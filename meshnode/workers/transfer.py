@@ -132,6 +132,7 @@ class TransferWorker(TaskWorker):
         self._last_round: float | None = None
         self._students: dict[bytes, str] = {}     # student -> what it last asked for (newest last)
         self._trainer: TrainerWorker | None = None   # teacher with `trainer`, student with `learner`
+        self._doing: str | None = None   # what "preparing" is busy with, for status
         self._anchors: AnchorSet | None = None
         self._anchor_trits: np.ndarray | None = None
         self._center: np.ndarray | None = None
@@ -199,19 +200,31 @@ class TransferWorker(TaskWorker):
             import torch
 
             torch.set_num_threads(cfg.threads)
+        self._doing = "loading the model"
         with LOAD_LOCK:   # one model load at a time in a process (see meshnode.models)
             self._embedder = Embedder.from_spec(cfg.model, cache_dir=cfg.cache_dir or default_cache_dir(),
                                                 device=cfg.device, batch_size=cfg.batch_size,
                                                 max_length=cfg.max_length)
-        self._anchor_emb = self._embed(anchors.texts)
+        self._anchor_emb = self._embed(anchors.texts, what="anchors")
         if cfg.eval_data is not None and embed_eval:
             self._eval = _load_labeled(cfg.eval_data, cfg.eval_split, cfg.classes, cfg.max_eval, cfg.seed)
-            self._eval_emb = self._embed(self._eval.texts)
+            self._eval_emb = self._embed(self._eval.texts, what="eval rows")
+        self._doing = None
         return anchors
 
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+    def _embed(self, texts: Sequence[str], what: str | None = None) -> np.ndarray:
         with self._embed_lock:
-            return self._embedder.embed(texts)
+            if what is None:
+                return self._embedder.embed(texts)
+
+            def progress(done: int, todo: int) -> None:
+                self._doing = f"embedding {what} {done}/{todo} (new to the cache)"
+
+            self._embedder.on_progress = progress
+            try:
+                return self._embedder.embed(texts)
+            finally:
+                self._embedder.on_progress = None
 
     def _refuse(self, err: TransferRefused, origin: bytes) -> None:
         self._refusals[err.code] += 1
@@ -749,6 +762,8 @@ class TransferWorker(TaskWorker):
             "accuracy": self._accuracy, "eval_size": len(self._eval.texts) if self._eval else 0,
             "refused": dict(self._refusals), "last_refusal": self._last_refusal,
         }
+        if self._doing is not None:
+            out["doing"] = self._doing
         if self._error:
             out["error"] = self._error
         if self._exp is not None:

@@ -1,0 +1,100 @@
+"""`meshnode demo` end to end with tiny random models and a synthetic keyword task in place of MiniLM,
+SmolLM2 and SST-2: the real daemons on loopback, and the same mesh under the simulator. The verdict,
+the final table's numbers, result.json and the plot come from what the nodes reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("matplotlib")
+
+from rich.console import Console  # noqa: E402
+
+from meshnode.demo import DemoFailed, DemoPlan, Sizes, run_demo  # noqa: E402
+from meshnode.demo.plan import write_data  # noqa: E402
+
+from ..sim.test_heterogeneous import _tiny_models  # noqa: E402
+from ..workers._text import synthetic, write_dataset  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+TINY = Sizes(name="tiny", labelled_rows=200, anchors=160, eval_rows=120, trainer_rounds=6, trainer_steps=8,
+             trainer_batch=16, trainer_lr=3e-2, learner_rounds=12, learner_steps=8, learner_batch=16,
+             learner_lr=1e-2, max_length=16, eval_every=1, lora_rank=4,
+             # one teacher version, at the trainers' last round: what the learners learn does not depend
+             # on how versions interleave with their rounds (real compute time, so the machine's load)
+             publish_every=6, publish_margin=1.0, min_republish_gap=0.5,
+             hello_interval=0.5, join_wait=0.5, announce_interval=0.5, round_deadline=60, dim=1024)
+
+
+def tiny_plan(tmp: Path) -> DemoPlan:
+    data = tmp / "data"
+    for i in range(2):
+        write_dataset(data / f"shard-{i}", "train", *synthetic(200, 10 + i))
+    write_dataset(data / "eval", "dev", *synthetic(120, 3))
+    (data / "anchors.txt").write_text("\n".join(synthetic(160, 2)[0]) + "\n")
+    common = {"cache_dir": str(tmp / "cache"), "device": "cpu"}
+    models = _tiny_models(tmp / "models")
+    return DemoPlan(sizes=TINY, models={"trainer": models["minilm"], "learner": models["smollm2"]}, data=data,
+                    settings={k: common for k in ("trainer", "learner", "teacher", "student")})
+
+
+def _check(run, directory: Path) -> None:
+    out = run.outcome
+    assert set(out.nodes) == {"m1", "m2", "s1", "s2"}
+    assert out.ok, out.problems
+    for name in ("s1", "s2"):
+        n = out.nodes[name]
+        assert n.after >= n.before + 0.05 and n.alone is None
+        assert n.delta_bytes > 0 and n.fp32_bytes > n.delta_bytes      # ternary deltas beat fp32
+    for name in ("m1", "m2"):
+        n = out.nodes[name]
+        assert n.alone is not None and n.bytes_sent > 0 and n.bytes_received > 0
+    doc = json.loads((directory / "result.json").read_text())
+    assert doc["ok"] is True and doc["nodes"]["s1"]["accuracy_after"] == out.nodes["s1"].after
+    assert len(doc["accuracy_over_time"]["s1/lora"]) >= 2 and "alone/m1" in doc["accuracy_over_time"]
+    assert run.plot is not None and run.plot.stat().st_size > 0
+
+
+def test_the_demo_runs_real_daemons_on_loopback_and_the_learners_learn(tmp_path) -> None:
+    directory = tmp_path / "d"
+    console = Console(record=True, width=160)
+    run = run_demo(tiny_plan(tmp_path), directory, console=console, timeout=240, live=False)
+    _check(run, directory)
+    for name in ("m1", "m2", "s1", "s2", "alone"):
+        assert (directory / name / "node.toml").is_file() and (directory / name / "daemon.log").is_file()
+    text = console.export_text()
+    assert "meshnode predict --config" in text and "every learner learnt" in text
+    # the log is for operators: no transformers load report, no progress bars
+    log = (directory / "s1" / "daemon.log").read_text()
+    assert "LOAD REPORT" not in log and "Loading weights" not in log
+
+
+def test_the_demo_runs_the_same_mesh_through_the_simulator(tmp_path) -> None:
+    directory = tmp_path / "d"
+    run = run_demo(tiny_plan(tmp_path), directory, console=Console(width=160), sim="wifi", live=False)
+    _check(run, directory)
+    assert (directory / "sim" / "scenario.toml").is_file()
+    report = json.loads((directory / "sim" / "report.json").read_text())
+    assert report["stopped_by"] == "workers_done"
+    # the alone node has no link: it sent nothing
+    assert report["nodes"]["alone"]["bytes_sent"] == 0
+
+
+def test_the_demo_refuses_to_clear_a_directory_it_did_not_make(tmp_path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(DemoFailed, match="not made by `meshnode demo`"):
+        run_demo(tiny_plan(tmp_path / "p"), tmp_path, console=Console(), live=False)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_the_anchor_file_is_cut_to_the_size(tmp_path) -> None:
+    plan = tiny_plan(tmp_path)
+    write_data(plan, tmp_path / "node")
+    assert len((tmp_path / "node" / "data" / "anchors.txt").read_text().splitlines()) == TINY.anchors
