@@ -38,7 +38,8 @@ processes held the core), the figures per process CPU-second (what an unshared c
 informational, the targets are judged on wall time), and the CPU milliseconds per vector packet of each
 step (encode + sign, decode, verify, measured on the same packet) next to the raw TLS and whole-path cost.
 `--profile DIR` runs one extra round of each phase under cProfile (thread CPU time) and writes the top
-functions to DIR. A watchdog dumps every stack and exits if the run hangs.
+functions to DIR/mesh_profile_<phase>.txt (kept profiles: benches/results/mesh_profiles/). A watchdog
+dumps every stack and exits if the run hangs.
 """
 
 from __future__ import annotations

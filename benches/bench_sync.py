@@ -15,6 +15,16 @@ label-skewed shards (each node 90% one class). Writes benches/results/sync.json 
     .venv/bin/python benches/bench_sync.py --budget small   # what fits ~40 min on 2 CPU cores
     .venv/bin/python benches/bench_sync.py --budget full    # the whole grid (GPU-sized)
     .venv/bin/python benches/bench_sync.py --quick          # tiny random BERT, synthetic data: a smoke test
+
+A grid too long for one sitting runs in pieces (--seeds, --nodes, --codecs, --no-baselines), each with an
+explicit --out under benches/results/sync_partial/ (the every-20-steps grid: sync_every20_partial/), and
+--merge pools the pieces, named one by one, into the file docs/RESULTS.md cites (sync.json, the default
+--out, so a piece run without --out would overwrite it):
+
+    .venv/bin/python benches/bench_sync.py --seeds 1,2 --out benches/results/sync_partial/sync_seeds12.json
+    .venv/bin/python benches/bench_sync.py --merge PIECE.json [PIECE.json ...] --out benches/results/sync.json
+
+docs/RESULTS.md has the exact pieces and commands; benches/README.md says which file backs which table.
 """
 
 from __future__ import annotations

@@ -42,6 +42,12 @@ every arm gets the same probe; `--probe logistic` uses L2 logistic regression wi
     .venv/bin/python benches/bench_transfer.py --quick            # synthetic embeddings: a smoke test
     .venv/bin/python benches/bench_transfer.py --tasks sst2 --models minilm,smollm2,mpnet --pairs-with mpnet \
         --out benches/results/transfer_mpnet.json                 # the four MPNet pairs
+
+A run split in pieces (one per task, as transfer.json was) writes each piece under
+benches/results/transfer_partial/ and --merge pools them into the file docs/RESULTS.md cites:
+
+    .venv/bin/python benches/bench_transfer.py --tasks sst2 --out benches/results/transfer_partial/transfer_sst2.json
+    .venv/bin/python benches/bench_transfer.py --merge PIECE.json [PIECE.json ...] --out benches/results/transfer.json
 """
 
 from __future__ import annotations

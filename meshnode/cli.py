@@ -41,17 +41,34 @@ def main() -> None:
 @click.option("--trust", "trust_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Public key (raw 32 bytes, hex or PEM), node certificate, mesh CA certificate, or a mesh "
                    "or node directory, whose signatures count as valid. Repeatable.")
-def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...]) -> None:
+@click.option("--summary", is_flag=True, help="Per file, a table per kind and topic (packets, bytes, first and "
+              "last time, origins), totals, signature statuses and error counts, instead of every packet.")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="Only packets of this kind (hello, ping, vectors, fragment, ...). Repeatable.")
+@click.option("--topic", "topics", multiple=True, metavar="TOPIC",
+              help="Only packets with this topic; a trailing * matches a prefix (quote it). Repeatable.")
+@click.option("--peer", "peers", multiple=True, metavar="NAME_OR_ID",
+              help="Only packets whose origin, or the capture record's peer, has this name or hex id "
+                   "prefix. Repeatable.")
+def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...], summary: bool,
+            kinds: tuple[str, ...], topics: tuple[str, ...], peers: tuple[str, ...]) -> None:
     """Decode packets: one packet, a stream of frames, hex text, or a capture file (- for stdin).
 
     For each packet: header, body fields, signature status (valid, invalid, unknown_key,
     self_signed, unsigned) and, for every vector block, its dimension, encoding, bytes on the wire,
-    fraction of zeros and size relative to float32. Exits 1 if any input is malformed, any
-    signature is invalid or a packet that must be signed is not; errors give the reason code and
-    the byte offset.
+    fraction of zeros and size relative to float32. Times are shown in UTC; nodes by name where a
+    certificate tells it (a name ending in "?" is one only the node's own hello claims). Exits 1 if
+    any input is malformed, any signature is invalid or a packet that must be signed is not (among
+    the packets the filters select); errors give the reason code and the byte offset.
     """
-    from .inspect import InspectError, TrustStore, format_error, format_text, inspect_bytes
+    from .inspect import (
+        Filter, InspectError, Summary, TrustStore, format_error, format_text, inspect_bytes, parse_kinds,
+    )
 
+    try:
+        selection = Filter(parse_kinds(kinds), topics, peers)
+    except ValueError as exc:
+        _fail(f"--kind: {exc}", EXIT_USAGE)
     trust = TrustStore()
     for path in trust_paths:
         try:
@@ -68,8 +85,12 @@ def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...
             click.echo(f"{name}: error cannot_read: {exc.strerror or exc}", err=True)
             failed = True
             continue
-        for result in inspect_bytes(data, trust):
-            if isinstance(result, InspectError):
+        counts = Summary() if summary else None
+        for result in selection.select(inspect_bytes(data, trust), trust.names):
+            if counts is not None:
+                failed = failed or isinstance(result, InspectError)
+                counts.add(result)
+            elif isinstance(result, InspectError):
                 failed = True
                 if as_json:
                     click.echo(json.dumps({"file": name, **result.as_json()}))
@@ -78,7 +99,12 @@ def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...
             elif as_json:
                 click.echo(json.dumps({"file": name, **result}))
             else:
-                click.echo(format_text(name, result))
+                click.echo(format_text(name, result, trust.names))
+        if counts is not None:
+            if as_json:
+                click.echo(json.dumps({"file": name, "summary": counts.as_json(trust.names)}))
+            else:
+                click.echo(counts.format(name, trust.names))
     sys.exit(EXIT_BAD_INPUT if failed else 0)
 
 
@@ -288,7 +314,8 @@ def export(config_path: Path, worker: str | None, out: Path) -> None:
 def check(config_path: Path) -> None:
     """Check node.toml, the identity files and every worker as `meshnode run` would, without starting.
 
-    Prints what would run and exits 0, or one line on stderr and exits 2.
+    Prints what would run and exits 0 (with a warning on stderr for a setup that runs but likely not as
+    meant, e.g. a loopback listen_host with mDNS on), or one line on stderr and exits 2.
     """
     from .identity import IdentityError, load_node_identity
 
@@ -301,6 +328,11 @@ def check(config_path: Path) -> None:
     listed = ", ".join(f"{w.name} ({w.type_name})" for w in workers) or "none"
     click.echo(f"{config_path}: ok: node {ident.name} ({ident.node_id_hex[:16]}), listening on "
                f"{cfg.node.listen_host}:{cfg.node.listen_port}, workers: {listed}")
+    from .config import mdns_plan
+
+    warning = mdns_plan(cfg).warning
+    if warning is not None:  # runs, but likely not as meant: said here, and again by `run` at start
+        click.echo(f"warning: {warning}", err=True)
 
 
 # ----------------------------------------------------------------------------- asking the daemon
@@ -371,17 +403,59 @@ def peers(config_path: Path, socket_path: Path | None, timeout: float, as_json: 
 @main.command()
 @_control_options
 @_json_option
-def workers(config_path: Path, socket_path: Path | None, timeout: float, as_json: bool) -> None:
+@click.option("--all", "full", is_flag=True, help="Every status and metrics field (long).")
+@click.option("--watch", is_flag=True, help="Redraw every --interval seconds, with each trainer's last rounds, "
+              "until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between redraws with --watch.")
+def workers(config_path: Path, socket_path: Path | None, timeout: float, as_json: bool, full: bool, watch: bool,
+            interval: float) -> None:
     """The local daemon's workers and what they report. Exits 1 if no daemon answers."""
+    from .cli_tables import workers_table
+
+    if watch:
+        if as_json:
+            _fail("--watch and --json do not go together (poll with --json instead)", EXIT_USAGE)
+        _watch_workers(config_path, socket_path, timeout, interval, full)
+        return
     result = _expect("workers", _ask("workers", config_path, socket_path, timeout), list)
     if as_json:
         _print_json(result)
     elif not result:
         click.echo("no workers")
     else:
-        from .cli_tables import workers_table
+        _console().print(workers_table(result, full=full))
 
-        _console().print(workers_table(result))
+
+def _watch_workers(config_path: Path, socket_path: Path | None, timeout: float, interval: float,
+                   full: bool) -> None:
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from .cli_tables import rounds_table, workers_table
+    from .control import ControlError, query_sync
+
+    path = socket_path if socket_path is not None else _load_config(config_path, check_files=False).control.socket
+    console = _console()
+    try:
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                stamp = time.strftime("%H:%M:%S")
+                try:
+                    result = query_sync(path, "workers", timeout=timeout)
+                except ControlError as exc:   # the daemon restarting: say so and keep watching
+                    live.update(f"{stamp}  [yellow]{exc}[/]", refresh=True)
+                else:
+                    parts: list[Any] = [f"{stamp}  workers of {path}"]
+                    if isinstance(result, list):
+                        parts.append(workers_table(result, full=full))
+                        parts += [t for w in result if isinstance(w, dict) and (t := rounds_table(w)) is not None]
+                    live.update(Group(*parts), refresh=True)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()
@@ -540,6 +614,33 @@ def data_fleet(source: Path, out: Path, nodes: int, skew: float, per_node: int, 
     for path in fd.shards:
         click.echo(f"shard    {path}")
     click.echo(f"anchors  {fd.anchors}\npool     {fd.pool or '(none: --pool 0)'}\neval     {fd.eval}")
+
+
+@main.group()
+def anchors() -> None:
+    """Anchor files: the unlabelled texts a transfer teacher labels for its students."""
+
+
+@anchors.command("make")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--count", type=click.IntRange(min=2), default=500, show_default=True, help="Texts to draw.")
+@click.option("--split", default="train", show_default=True, help="SOURCE's split to draw from.")
+@click.option("--exclude", "exclude", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="A dataset (directory or jsonl) whose texts must not be anchors: the teacher's labelled data. "
+                   "Repeatable.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def anchors_make(source: Path, out: Path, count: int, split: str, exclude: tuple[Path, ...], seed: int) -> None:
+    """Write OUT: COUNT texts of SOURCE (a dataset directory: labels.json + <split>.jsonl[.gz]), one per
+    line, drawn with SEED, none of them in an --exclude dataset. Every node of a task uses the same file."""
+    from .data import DataError
+    from .shards import make_anchors
+
+    try:
+        n = make_anchors(source, out, count=count, split=split, seed=seed, exclude=exclude)
+    except (DataError, ValueError, OSError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    click.echo(f"wrote {n} anchors to {out}" + (f" (the split had only {n} usable texts)" if n < count else ""))
 
 
 @main.command()

@@ -7,17 +7,24 @@ and unknown status fields are shown at the end rather than hidden.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["counters_table", "human_bytes", "human_duration", "peers_table", "status_table", "workers_table"]
+__all__ = ["counters_table", "human_bytes", "human_duration", "peers_table", "rounds_table", "status_table",
+           "workers_table"]
 
 _STATUS_LABELS = {
-    "name": "name", "node_id": "node id", "mesh_id": "mesh id", "version": "version", "listen": "listen",
-    "uptime_s": "uptime", "peers": "peers", "workers": "workers", "data_dir": "data dir",
+    "name": "name", "node_id": "node id", "mesh_id": "mesh id", "version": "version", "state": "state",
+    "listen": "listen", "uptime_s": "uptime", "mdns": "mDNS", "peers": "peers", "members": "members",
+    "workers": "workers", "data_dir": "data dir", "capture": "capture", "recent_refusals": "recent refusals",
 }
+_STATUS_SHOWN_WITH = {"member_list": "members"}   # fields drawn inside another field's row
+STATUS_REFUSALS_SHOWN = 5
 
 
 def human_bytes(n: Any) -> str:
@@ -47,8 +54,13 @@ def human_duration(seconds: Any) -> str:
 
 
 def _text(value: Any) -> str:
+    # For people: no Python spellings (True, [], {}) in a table; --json has the values as they are.
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list, tuple)) and not value:
+        return "none"
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
@@ -62,17 +74,79 @@ def _pairs(mapping: Any) -> str:
                      for k, v in mapping.items())
 
 
+def _members_cell(status: Mapping[str, Any]) -> RenderableType:
+    """The count, then one line per listed member: name, node id prefix, linked now or known through others."""
+    total, listed = status.get("members"), status.get("member_list")
+    members = [m for m in listed if isinstance(m, Mapping)] if isinstance(listed, list) else []
+    if not members:
+        return Text(_text(total))
+    count = total if isinstance(total, int) and not isinstance(total, bool) else len(members)
+    linked = sum(1 for m in members if m.get("linked") is True)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(overflow="fold")
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    for m in members:
+        grid.add_row(Text(_text(m.get("name"))), Text(str(m.get("node_id") or "-")[:16]),
+                     "linked" if m.get("linked") is True else "via others")
+    parts: list[RenderableType] = [Text(f"{count} known, {linked} linked now"), grid]
+    if count > len(members):
+        parts.append(Text(f"and {count - len(members)} more, not listed"))
+    return Group(*parts)
+
+
+def _clock_time(time_us: Any) -> str:
+    if not isinstance(time_us, (int, float)) or isinstance(time_us, bool):
+        return "-"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(time_us / 1e6))
+    except (OverflowError, OSError, ValueError):
+        return "-"
+
+
+def _refusals_cell(refusals: Any) -> RenderableType:
+    """The last few refused connections, newest last; the daemon keeps more (--json)."""
+    items = [r for r in refusals if isinstance(r, Mapping)] if isinstance(refusals, list) else []
+    if not items:
+        return Text("none")
+    grid = Table.grid(padding=(0, 2))
+    for _ in range(3):
+        grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for r in items[-STATUS_REFUSALS_SHOWN:]:
+        detail = _text(r.get("detail"))
+        # texts that came from the network: Text, so that "[...]" in them is not read as markup
+        grid.add_row(_clock_time(r.get("time_us")), Text(_text(r.get("address"))), Text(_text(r.get("reason"))),
+                     Text(detail if len(detail) <= 120 else detail[:119] + "…"))
+    if len(items) <= STATUS_REFUSALS_SHOWN:
+        return grid
+    return Group(Text(f"{len(items)}, the last {STATUS_REFUSALS_SHOWN}:"), grid)
+
+
+def _status_value(key: str, value: Any, status: Mapping[str, Any]) -> RenderableType:
+    if key == "uptime_s":
+        return human_duration(value)
+    if key == "mdns" and isinstance(value, bool):
+        return "on" if value else "off"
+    if key == "capture" and value is None:
+        return "off"
+    if key == "members":
+        return _members_cell(status)
+    if key == "recent_refusals":
+        return _refusals_cell(value)
+    return Text(_text(value))
+
+
 def status_table(status: Mapping[str, Any]) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, label in _STATUS_LABELS.items():
         if key in status:
-            value = human_duration(status[key]) if key == "uptime_s" else _text(status[key])
-            table.add_row(label, value)
+            table.add_row(label, _status_value(key, status[key], status))
     for key, value in status.items():
-        if key not in _STATUS_LABELS:
-            table.add_row(key.replace("_", " "), _text(value))
+        if key not in _STATUS_LABELS and key not in _STATUS_SHOWN_WITH:
+            table.add_row(key.replace("_", " "), Text(_text(value)))
     return table
 
 
@@ -107,17 +181,97 @@ def peers_table(peers: list[Any]) -> Table:
     return table
 
 
-def workers_table(workers: list[Any]) -> Table:
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _accuracy_cell(status: Mapping[str, Any]) -> str:
+    now, start = _num(status.get("accuracy")), _num(status.get("initial_accuracy"))
+    if now is None:
+        return "-"
+    return f"{start:.3f} -> {now:.3f}" if start is not None else f"{now:.3f}"
+
+
+def _worker_state(w: Mapping[str, Any], status: Mapping[str, Any]) -> str:
+    """One state: the worker's own while the node runs it, else the node's (failed, stopped, ...)."""
+    outer, inner = w.get("state"), status.get("state")
+    return _text(inner if outer == "running" and isinstance(inner, str) and inner else outer)
+
+
+def _worker_note(w: Mapping[str, Any], status: Mapping[str, Any]) -> str:
+    notes: list[str] = []
+    error = w.get("error") or status.get("error")
+    if error:
+        notes.append(f"error: {_text(error)}")
+    if status.get("doing"):
+        notes.append(_text(status["doing"]))
+    if isinstance(status.get("taught"), Mapping):
+        t = status["taught"]
+        notes.append(f"taught {_text(t.get('rows'))} rows by teacher round {_text(t.get('teacher_round'))}")
+    if status.get("role") == "teacher" and isinstance(status.get("versions"), int):
+        v = status.get("version")
+        at = f", the last at trainer round {_text(v.get('round'))}" if isinstance(v, Mapping) else ""
+        notes.append(f"{status['versions']} versions published{at}; {_text(status.get('students'))} students")
+    if status.get("role") == "student" and isinstance(status.get("teacher"), str):
+        notes.append(f"learns from teacher {status['teacher'][:16]} (its round {_text(status.get('teacher_round'))}, "
+                     f"{_text(status.get('form'))})")
+    refused = status.get("refused")
+    if isinstance(refused, Mapping) and refused:
+        notes.append("refused " + ", ".join(f"{k} {_text(v)}" for k, v in refused.items()))
+    return "; ".join(notes) or "-"
+
+
+def workers_table(workers: list[Any], *, full: bool = False) -> Table:
+    """One line per worker: state, round, accuracy, loss, traffic and what needs saying. `full`: every
+    status and metrics field instead (long; --json is the machine-readable form)."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    table.add_column("name", no_wrap=True)
-    table.add_column("type", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("status", overflow="fold")
-    table.add_column("metrics", overflow="fold")
+    if full:
+        for col in ("name", "type", "state"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("status", overflow="fold")
+        table.add_column("metrics", overflow="fold")
+    else:
+        for col, justify in (("name", "left"), ("type", "left"), ("state", "left"), ("round", "right"),
+                             ("accuracy", "right"), ("loss", "right"), ("sent", "right"), ("received", "right")):
+            table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        table.add_column("notes", overflow="fold")
     for w in workers:
-        if isinstance(w, Mapping):
+        if not isinstance(w, Mapping):
+            continue
+        status = w.get("status") if isinstance(w.get("status"), Mapping) else {}
+        metrics = w.get("metrics") if isinstance(w.get("metrics"), Mapping) else {}
+        if full:
             table.add_row(_text(w.get("name")), _text(w.get("type")), _text(w.get("state")),
-                          _pairs(w.get("status")), _pairs(w.get("metrics")))
+                          _pairs(status), _pairs(metrics))
+            continue
+        rnd, target = status.get("round"), status.get("rounds_target")
+        round_cell = "-" if rnd is None else (f"{_text(rnd)}/{_text(target)}" if target else _text(rnd))
+        loss = _num(status.get("loss"))
+        table.add_row(_text(w.get("name")), _text(w.get("type")), _worker_state(w, status), round_cell,
+                      _accuracy_cell(status), "-" if loss is None else f"{loss:.4f}",
+                      human_bytes(metrics.get("bytes_sent")), human_bytes(metrics.get("bytes_received")),
+                      _worker_note(w, status))
+    return table
+
+
+def rounds_table(worker: Mapping[str, Any], last: int = 10) -> Table | None:
+    """A trainer's last rounds (its status' history), one row each; None for a worker without rounds."""
+    status = worker.get("status") if isinstance(worker.get("status"), Mapping) else {}
+    history = [h for h in (status.get("history") or []) if isinstance(h, Mapping)][-last:]
+    if not history:
+        return None
+    table = Table(title=f"{_text(worker.get('name'))}: last rounds", box=None, header_style="bold",
+                  title_justify="left", pad_edge=False)
+    for col in ("round", "merged", "missing", "loss", "accuracy", "sent", "received", "train", "wait", "eval"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for h in history:
+        acc, loss = _num(h.get("accuracy")), _num(h.get("loss"))
+        missing = h.get("missing")
+        table.add_row(_text(h.get("round")), _text(h.get("merged")),
+                      str(len(missing)) if isinstance(missing, list) else "-",
+                      "-" if loss is None else f"{loss:.4f}", "-" if acc is None else f"{acc:.3f}",
+                      human_bytes(h.get("bytes_sent")), human_bytes(h.get("bytes_received")),
+                      *(human_duration(h.get(k)) for k in ("train_s", "wait_s", "eval_s")))
     return table
 
 

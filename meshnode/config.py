@@ -48,12 +48,14 @@ __all__ = [
     "IdentityConfig",
     "Kind",
     "LimitsConfig",
+    "MdnsPlan",
     "NodeConfig",
     "PeerAddress",
     "Setting",
     "WorkerConfig",
     "default_config_text",
     "load_config",
+    "mdns_plan",
     "parse_config",
     "parse_peer_address",
     "render_reference",
@@ -243,7 +245,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "data_dir": Setting(Kind.PATH, "data", "Directory for state, the control socket and captures "
                             "(created on start).", _non_empty),
         "listen_host": Setting(Kind.STR, "0.0.0.0", "Address to accept peers on (\"::\" for IPv6, "
-                               "\"127.0.0.1\" for this machine only).", _host),
+                               "\"127.0.0.1\" for this machine only; mDNS advertises this address when it "
+                               "is a single one, and stays on loopback with a loopback address).", _host),
         "listen_port": Setting(Kind.INT, 0, "TCP port to accept peers on; 0 picks a free port (mDNS "
                                "advertises whichever it gets).", _in_range(0, 65535)),
         "log_level": Setting(Kind.STR, "info", "One of debug, info, warning, error, critical.",
@@ -576,6 +579,50 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Co
     except UnicodeDecodeError as e:
         raise ConfigError("", f"{p}: not UTF-8 text: {e}") from None
     return parse_config(data, base_dir=p.parent, source=p, check_files=check_files)
+
+
+@dataclass(frozen=True)
+class MdnsPlan:
+    """Where mDNS runs and what it advertises, given where the node listens."""
+
+    interfaces: tuple[str, ...]          # addresses of the interfaces mDNS uses; empty: all
+    addresses: tuple[str, ...] | None    # what to advertise; None: the interfaces', else the host's LAN addresses
+    warning: str | None                  # one line for the operator, when this is likely not what was meant
+
+
+def mdns_plan(config: Config) -> MdnsPlan:
+    """mDNS tells peers where to dial, so it must advertise an address the node listens on.
+
+    - listen_host a wildcard ("0.0.0.0", "::") or a host name: as configured.
+    - a single non-loopback address: that address alone is advertised.
+    - a loopback address and no `mdns_interfaces`: mDNS runs on that loopback address only. Nodes on this
+      machine find each other; the LAN is not told of an address it cannot reach. Warned about, because
+      the LAN then never sees this node; `mdns_interfaces = [<that address>]` says it is meant.
+    - a loopback address and non-loopback `mdns_interfaces`: as configured (it was asked for), warned
+      about, since the peers that find this node cannot connect to it.
+    """
+    disc, host = config.discovery, config.node.listen_host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if not disc.mdns or ip is None or ip.is_unspecified:
+        return MdnsPlan(disc.mdns_interfaces, None, None)
+    if not ip.is_loopback:
+        return MdnsPlan(disc.mdns_interfaces, (host,), None)
+    if not disc.mdns_interfaces:
+        return MdnsPlan((host,), (host,), (
+            f"node.listen_host {host} is a loopback address: mDNS advertises and browses on {host} only, so only "
+            f"nodes on this machine can find this one (listen_host = \"0.0.0.0\" joins the LAN; "
+            f"discovery.mdns_interfaces = [\"{host}\"] says a one-machine mesh is meant)"))
+    elsewhere = [a for a in disc.mdns_interfaces
+                 if not (ipaddress.ip_address(a).is_loopback and ipaddress.ip_address(a).version == ip.version)]
+    if not elsewhere:
+        return MdnsPlan(disc.mdns_interfaces, (host,), None)
+    return MdnsPlan(disc.mdns_interfaces, None, (
+        f"node.listen_host {host} is a loopback address but mDNS advertises {', '.join(elsewhere)} "
+        f"(discovery.mdns_interfaces): peers that find this node cannot connect to it; set listen_host = "
+        f"\"0.0.0.0\", or mdns_interfaces = [\"{host}\"] for nodes on this machine only"))
 
 
 # ----------------------------------------------------------------------- writing and documenting

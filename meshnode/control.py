@@ -91,7 +91,7 @@ class ControlProvider(Protocol):
     """What the daemon (node.py) exposes; each method may also be `async`. Shapes: docs/CONTROL.md."""
 
     def status(self) -> dict[str, Any]:
-        """{node_id, name, mesh_id, version, listen, uptime_s, peers, workers, data_dir}"""
+        """{node_id, name, mesh_id, version, listen, uptime_s, peers, members, member_list, workers, data_dir, ...}"""
 
     def peers(self) -> list[dict[str, Any]]:
         """One dict per peer link: {node_id, name, address, direction, state, rtt_ms, ...}."""
@@ -408,6 +408,11 @@ def _label_value(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _help_text(text: str) -> str:
+    # HELP lines escape backslash and line feed (not quotes), per the text format.
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 class _Families:
     """Metric families in first-seen order; all samples of one family stay together, as the text
     format requires, and a (name, labels) pair seen twice keeps its first value."""
@@ -427,7 +432,7 @@ class _Families:
         out: list[str] = []
         for name, (kind, help, samples) in self._families.items():
             if help:
-                out.append(f"# HELP {name} {help}")
+                out.append(f"# HELP {name} {_help_text(help)}")
             out.append(f"# TYPE {name} {kind}")
             for labels, text in samples.items():
                 shown = "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else ""
@@ -435,14 +440,51 @@ class _Families:
         return "\n".join(out) + "\n" if out else ""
 
 
+# (field of a peer's stats, metric, type, help). Bytes and packets only grow while a link lasts; a new
+# link starts again at 0, which Prometheus reads as a counter reset.
 _PEER_SAMPLES = (
-    ("rtt_ms", "Round-trip time to the peer, milliseconds."),
-    ("connected_s", "Seconds since the link to the peer came up."),
-    ("bytes_in", "Bytes received from the peer."),
-    ("bytes_out", "Bytes sent to the peer."),
-    ("packets_in", "Packets received from the peer."),
-    ("packets_out", "Packets sent to the peer."),
+    ("rtt_ms", "meshnode_peer_rtt_ms", "gauge", "Round-trip time to the peer, milliseconds."),
+    ("connected_s", "meshnode_peer_connected_s", "gauge", "Seconds since the link to the peer came up."),
+    ("bytes_in", "meshnode_peer_bytes_in_total", "counter", "Bytes received from the peer on this link."),
+    ("bytes_out", "meshnode_peer_bytes_out_total", "counter", "Bytes sent to the peer on this link."),
+    ("packets_in", "meshnode_peer_packets_in_total", "counter", "Packets received from the peer on this link."),
+    ("packets_out", "meshnode_peer_packets_out_total", "counter", "Packets sent to the peer on this link."),
 )
+
+# The counters answer also carries a few current values; everything else in it only grows.
+_GAUGES = {
+    "peers": "Open peer links.",
+    "members": "Mesh members this node knows (holds a certified hello of), linked or not.",
+}
+_COUNTER_HELP = {
+    "dial.failed": "Dials that did not reach a TLS handshake (refused, unreachable, timeout).",
+    "workers.errors": "Workers that failed to start or to stop.",
+    "workers.handler_errors": "Packet handlers of workers that raised.",
+    "log.held_back": "Log lines held back because the same event repeated (see the log for the first).",
+}
+# Families named by a prefix and a reason: the help says what the prefix counts, the rest is the reason.
+_COUNTER_PREFIX_HELP = (
+    ("refused.", "Connections refused before any packet was read, reason: {}."),
+    ("dropped.evicted_", "Queued packets pushed out of a full send queue, class: {}."),
+    ("dropped.member_", "Member announcements refused, reason: {}."),
+    ("dropped.", "Packets dropped, all peers together, reason: {}."),
+    ("links.lost.", "Links lost, reason: {}."),
+    ("links.", "Links {}."),
+    ("packets.", "Packets {}, all peers together."),
+    ("bytes.", "Bytes {} over peer links, all links together."),
+    ("discovery.", "mDNS discovery: {}."),
+    ("capture.", "Packet capture: {}."),
+    ("control.", "Control API: {}."),
+)
+
+
+def _counter_help(name: str) -> str:
+    if name in _COUNTER_HELP:
+        return _COUNTER_HELP[name]
+    for prefix, text in _COUNTER_PREFIX_HELP:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return text.format(name[len(prefix):].replace("_", " "))
+    return f"Counter {name} of the daemon."
 
 
 def prometheus_text(
@@ -453,8 +495,9 @@ def prometheus_text(
 ) -> str:
     """Prometheus text exposition (format 0.0.4) of the control API's data.
 
-    Counter names become `meshnode_<name with dots as underscores>`, typed `untyped` because the flat
-    counters dict does not say which are counters and which gauges. Peers become labelled gauges.
+    Each counter `a.b` becomes `meshnode_a_b_total`, typed `counter`, with a `# HELP` line; the current
+    values in the counters answer (`peers`, `members`) and in status are gauges. Peers become labelled
+    series: rtt and link age as gauges, traffic and drops as counters.
     """
     fam = _Families()
     if status is not None:
@@ -462,23 +505,30 @@ def prometheus_text(
         fam.add("meshnode_info", 1, help="Who this daemon is.", labels=[
             (k, status.get(k, "")) for k in ("node_id", "name", "mesh_id", "version")])
         fam.add("meshnode_uptime_seconds", status.get("uptime_s"), help="Seconds since the daemon started.")
-        fam.add("meshnode_peers", status.get("peers"), help="Peer links.")
-        fam.add("meshnode_workers", status.get("workers"), help="Workers.")
+        fam.add("meshnode_peers", status.get("peers"), help=_GAUGES["peers"])
+        fam.add("meshnode_members", status.get("members"), help=_GAUGES["members"])
+        fam.add("meshnode_workers", status.get("workers"), help="Configured workers.")
     for peer in peers:
         labels = [("peer", str(peer.get("node_id", ""))[:16]), ("name", peer.get("name", "")),
                   ("direction", peer.get("direction", ""))]
-        for key, help in _PEER_SAMPLES:
-            fam.add(f"meshnode_peer_{key}", peer.get(key), help=help, labels=labels)
+        for key, metric, kind, help in _PEER_SAMPLES:
+            fam.add(metric, peer.get(key), kind=kind, help=help, labels=labels)
         queue = peer.get("queue") or {}
         fam.add("meshnode_peer_queue_packets", queue.get("packets"), help="Packets waiting to be sent.",
                 labels=labels)
         fam.add("meshnode_peer_queue_bytes", queue.get("bytes"), help="Bytes waiting to be sent.",
                 labels=labels)
         for reason, n in sorted((peer.get("dropped") or {}).items()):
-            fam.add("meshnode_peer_dropped", n, help="Packets from or to the peer dropped, by reason.",
+            fam.add("meshnode_peer_dropped_total", n, kind="counter",
+                    help="Packets from or to the peer dropped on this link, by reason.",
                     labels=[*labels, ("reason", reason)])
     for name, value in sorted(counters.items()):
-        fam.add(_metric_name(name), value, kind="untyped")
+        if name in _GAUGES:
+            fam.add(_metric_name(name), value, help=_GAUGES[name])
+        elif isinstance(value, bool):   # a flag, not a count
+            fam.add(_metric_name(name), value, help=f"Flag {name} of the daemon.")
+        else:
+            fam.add(_metric_name(name) + "_total", value, kind="counter", help=_counter_help(name))
     return fam.render()
 
 

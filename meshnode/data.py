@@ -121,7 +121,10 @@ def load_split(root: str | Path, split: str, *, max_rows: int = MAX_ROWS) -> Lab
             if arr.size and (arr.min() < 0 or arr.max() >= len(classes)):
                 raise DataError(f"{path}: labels outside 0..{len(classes) - 1}")
             return LabeledTexts(tuple(texts), arr, classes)
-    raise DataError(f"{base} has no split {split!r} (.jsonl.gz or .jsonl)")
+    have = sorted({p.name.split(".")[0] for p in base.glob("*.jsonl*")}) if base.is_dir() else []
+    raise DataError(f"{base} has no split {split!r} (.jsonl.gz or .jsonl)"
+                    + (f"; it has {', '.join(repr(h) for h in have)}: set the eval_split / train_split setting"
+                       if have else ""))
 
 
 def load_labeled(path: str | Path, split: str, *, classes: Sequence[str] | None = None, limit: int = MAX_ROWS,

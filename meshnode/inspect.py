@@ -10,18 +10,26 @@ fails with `bad_magic`).
 
 Every problem is reported as an `InspectError` (a stable reason code from SPEC §7, the byte offset in
 the input, and a message), never as an exception: the input is hostile by definition.
+
+Node names come from certificates: a node certificate given to `--trust`, or one a trusted mesh CA
+issued, carried in a hello (`NameBook`, verified names); failing that, from the name a self-signed
+hello claims (shown with a "?" in human text, never in JSON). `Filter` selects packets by kind, topic
+and node; `Summary` counts them per kind and topic.
 """
 
 from __future__ import annotations
 
 import binascii
 import dataclasses
+import datetime as _dt
+import difflib
 import enum
 import hashlib
 import json
 import math
 import string
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +39,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.x509.oid import NameOID
 
 from .wire import capture
 from .wire.errors import Reason, WireError
@@ -42,14 +51,19 @@ from .wire.packet import (
 )
 
 __all__ = [
-    "InputItem", "TrustStore", "InspectError", "Result", "maybe_unhex", "split_input", "describe_value",
-    "describe_vectors", "describe_packet", "inspect_bytes", "failed", "format_text", "format_error",
+    "InputItem", "NodeName", "NameBook", "TrustStore", "InspectError", "Result", "maybe_unhex", "split_input",
+    "describe_value", "describe_vectors", "describe_packet", "inspect_bytes", "failed", "format_text",
+    "format_error", "format_time", "KINDS", "parse_kinds", "Filter", "Summary",
 ]
 
 _HEX_TEXT = (string.hexdigits + string.whitespace).encode()
 _INLINE_BYTES = 64  # bin fields up to this size are shown in full (hex), longer ones by size and SHA-256
 _FLAGS_OFFSET = 7   # header byte of the flags (SPEC §2), where an unsigned packet's problem is
 _CAPTURE_RECORD_FIXED = 8 + 1 + 32 + 2 + 4  # capture record bytes besides the address and the packet
+_KIND_OFFSET = 6    # header byte of the kind (SPEC §2): the look-ahead for names decodes hellos only
+_NAME_SHOWN = 64    # longest node name shown (what a certificate's CN may hold); the rest is cut
+_NO_PEER = bytes(32)  # a capture record's peer id when the daemon did not know it
+KINDS = tuple(k.name.lower() for k in Kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +108,70 @@ def _error(exc: WireError, offset: int | None, context: str = "") -> InspectErro
     return InspectError(offset, exc.reason.value, context + _message(exc))
 
 
+# ---------------------------------------------------------------------------------------- names
+
+
+@dataclass(frozen=True, slots=True)
+class NodeName:
+    """A node's name; `verified` when a trusted certificate says so (given with --trust, or issued by a
+    trusted mesh CA), not when only the node's own hello claims it."""
+
+    name: str
+    verified: bool
+
+
+class NameBook:
+    """Node id -> name, as far as the certificates and hellos seen so far tell. A verified name
+    replaces a claimed one, never the other way round; otherwise the first name seen stays (a node
+    id is the hash of a key, so only its holder can sign a hello for it)."""
+
+    def __init__(self) -> None:
+        self._names: dict[bytes, NodeName] = {}
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def add(self, node_id: bytes, name: str, *, verified: bool) -> None:
+        if not name:
+            return
+        known = self._names.get(node_id)
+        if known is None or (verified and not known.verified):
+            self._names[node_id] = NodeName(name, verified)
+
+    def get(self, node_id: bytes | str) -> NodeName | None:
+        """The name of a node id (bytes or hex), or None."""
+        if isinstance(node_id, str):
+            try:
+                node_id = bytes.fromhex(node_id)
+            except ValueError:
+                return None
+        return self._names.get(node_id)
+
+    def verified(self, node_id: bytes) -> str | None:
+        known = self._names.get(node_id)
+        return known.name if known is not None and known.verified else None
+
+    def matches(self, node_id_hex: str, query: str) -> bool:
+        """`query` is this node's name (verified or claimed) or a prefix of its hex id."""
+        known = self.get(node_id_hex)
+        if known is not None and known.name == query:
+            return True
+        q = query.lower()
+        return bool(q) and not q.strip(string.hexdigits.lower()) and node_id_hex.startswith(q)
+
+
 # ---------------------------------------------------------------------------------------- trust
 
 
 @dataclass
 class TrustStore:
     """Keys whose signatures count as valid: explicit public keys and node certificates, plus mesh
-    CAs, whose node certificates (carried in hello packets) make further keys trusted."""
+    CAs, whose node certificates (carried in hello packets) make further keys trusted. Also the
+    node names those certificates and hellos tell (`names`)."""
 
     keys: dict[bytes, Ed25519PublicKey] = field(default_factory=dict)
     cas: list[x509.Certificate] = field(default_factory=list)
+    names: NameBook = field(default_factory=NameBook)
 
     def add_file(self, path: Path) -> None:
         """Accept a raw 32-byte Ed25519 public key (or its 64 hex digits), a PEM public key, a PEM/DER
@@ -152,34 +220,51 @@ class TrustStore:
             raise ValueError("the certificate's key is not Ed25519")
         if _is_ca(cert):
             self.cas.append(cert)
+        else:
+            self.names.add(node_id_of(key.public_bytes_raw()), _common_name(cert), verified=True)
         self._add_key(key)
 
     def _add_key(self, key: Ed25519PublicKey) -> None:
         self.keys[node_id_of(key.public_bytes_raw())] = key
 
-    def learn_from_hello(self, packet: Packet) -> None:
+    def learn_from_hello(self, packet: Packet, *, keys: bool = True) -> None:
         """A signed hello whose certificate a trusted mesh CA issued, for the key the hello carries,
-        makes that key trusted (from this packet on). The certificate's validity window is not
-        checked: a capture may be older than the certificates in it."""
+        makes that key trusted (from this packet on) and the certificate's name a verified one; a
+        hello that only verifies against its own key gives a claimed name. keys=False learns the
+        name only (the look-ahead for names: a key is trusted from its hello on, not before). The
+        certificate's validity window is not checked: a capture may be older than its certificates."""
         hello = packet.body
-        if not isinstance(hello, Hello) or not hello.cert or not self.cas:
+        origin = packet.header.origin
+        if not isinstance(hello, Hello) or node_id_of(hello.public_key) != origin:
             return
-        if node_id_of(hello.public_key) != packet.header.origin or not _verifies(packet, hello.public_key):
+        if not _verifies(packet, hello.public_key):
             return
+        cert = self._vouched(hello)
+        if cert is None:
+            self.names.add(origin, hello.name, verified=False)
+            return
+        if keys:
+            self._add_key(Ed25519PublicKey.from_public_bytes(hello.public_key))
+        self.names.add(origin, _common_name(cert) or hello.name, verified=True)
+
+    def _vouched(self, hello: Hello) -> x509.Certificate | None:
+        """The hello's certificate if a trusted mesh CA issued it for the key the hello carries."""
+        if not hello.cert or not self.cas:
+            return None
         try:
             cert = x509.load_der_x509_certificate(hello.cert)
         except ValueError:
-            return
+            return None
         key = cert.public_key()
         if not isinstance(key, Ed25519PublicKey) or key.public_bytes_raw() != hello.public_key or _is_ca(cert):
-            return
+            return None
         for ca in self.cas:
             try:
                 cert.verify_directly_issued_by(ca)
             except (ValueError, TypeError, InvalidSignature):
                 continue
-            self._add_key(key)
-            return
+            return cert
+        return None
 
     def status(self, packet: Packet) -> str:
         """valid | invalid | unknown_key | unsigned | self_signed (a hello that verifies against the
@@ -199,6 +284,14 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    try:
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return ""
+    return str(cns[0].value) if cns else ""
 
 
 def _verifies(packet: Packet, key: Ed25519PublicKey | bytes) -> bool:
@@ -307,13 +400,17 @@ def describe_vectors(block: VectorBlock) -> dict[str, Any]:
 
 def describe_packet(packet: Packet, item: InputItem, trust: TrustStore, *,
                     reassembled_from: int | None = None) -> dict[str, Any]:
-    """One packet as the JSON object `inspect --json` prints (without the "file" key)."""
+    """One packet as the JSON object `inspect --json` prints (without the "file" key). `origin_name`
+    and `peer_name` are there only for names a trusted certificate vouches for."""
     h = packet.header
     out: dict[str, Any] = {"offset": item.offset}
     if item.record is not None:
         out["captured_us"] = item.record.timestamp_us
         out["direction"] = item.record.direction.name.lower()
         out["peer"] = item.record.peer.hex()
+        peer_name = trust.names.verified(item.record.peer)
+        if peer_name is not None:
+            out["peer_name"] = peer_name
         out["address"] = item.record.address
     if reassembled_from is not None:
         out["reassembled_from"] = reassembled_from
@@ -325,6 +422,11 @@ def describe_packet(packet: Packet, item: InputItem, trust: TrustStore, *,
         "timestamp_us": h.timestamp_us,
         "packet_id": h.packet_id.hex(),
         "origin": h.origin.hex(),
+    })
+    origin_name = trust.names.verified(h.origin)
+    if origin_name is not None:
+        out["origin_name"] = origin_name
+    out.update({
         "size": len(packet.raw),
         "signature": trust.status(packet),
         "body": describe_value(packet.body),
@@ -357,13 +459,38 @@ def inspect_bytes(data: bytes, trust: TrustStore, *, limits: Limits = DEFAULT_LI
     """Describe every packet in `data`, in order. Fragments are shown, and once a set is complete so
     is the packet it carried (`reassembled_from`). A packet that does not decode, a bad signature
     and an unsigned packet of a kind that must be signed are InspectErrors; a bad packet inside a
-    good frame does not stop the stream, an error in the framing (or capture records) does."""
+    good frame does not stop the stream, an error in the framing (or capture records) does.
+
+    The hellos in `data` are read first for the names they tell (`trust.names`), so that packets
+    before a node's hello are shown with its name too; which keys are trusted still goes in order."""
     reassembler = Reassembler(limits)
     try:
-        for item in split_input(maybe_unhex(data), limits=limits):
+        data = maybe_unhex(data)
+    except WireError as exc:
+        yield _error(exc, exc.offset)
+        return
+    _learn_names(data, trust, limits)
+    try:
+        for item in split_input(data, limits=limits):
             yield from _inspect_item(item, trust, reassembler, limits, now)
     except WireError as exc:
         yield _error(exc, exc.offset)
+
+
+def _learn_names(data: bytes, trust: TrustStore, limits: Limits) -> None:
+    """The names the (unfragmented) hellos in `data` tell; everything else, errors included, is the
+    main pass's business."""
+    try:
+        for item in split_input(data, limits=limits):
+            if len(item.raw) <= _KIND_OFFSET or item.raw[_KIND_OFFSET] != Kind.HELLO:
+                continue
+            try:
+                packet = decode_packet(item.raw, limits=limits)
+            except WireError:
+                continue
+            trust.learn_from_hello(packet, keys=False)
+    except WireError:
+        return
 
 
 def failed(results: list[Result]) -> bool:
@@ -423,15 +550,50 @@ def format_error(name: str, error: InspectError) -> str:
     return f"{name}: error {error.reason}{where}: {error.message}"
 
 
-def format_text(name: str, p: dict[str, Any]) -> str:
-    """A packet description for people: header line, then one line per body field."""
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+def format_time(us: int, *, date: bool = True) -> str:
+    """Microseconds since the Unix epoch as UTC ISO-8601 to the millisecond ("2026-12-06 13:22:08.123
+    UTC"; date=False: "13:22:08.123"); a value past year 9999 (any u64 may arrive) as "N us"."""
+    try:
+        t = _EPOCH + _dt.timedelta(microseconds=us)
+    except OverflowError:
+        return f"{us} us"
+    text = t.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S") + f".{t.microsecond // 1000:03d}"
+    return text + " UTC" if date else text
+
+
+def _printable(text: str, limit: int | None = None) -> str:
+    """`text` safe for a terminal: control and other unprintable characters (escape sequences in a
+    hostile name or topic) as Python escapes, cut to `limit` characters."""
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _who(node_id_hex: str, names: NameBook | None) -> str:
+    """A node for people: its name and id prefix; a name only its own hello claims ends in "?"."""
+    known = names.get(node_id_hex) if names is not None else None
+    if known is None:
+        return node_id_hex[:16]
+    return f"{_printable(known.name, _NAME_SHOWN)}{'' if known.verified else '?'} ({node_id_hex[:16]})"
+
+
+def format_text(name: str, p: dict[str, Any], names: NameBook | None = None) -> str:
+    """A packet description for people: header line, then one line per body field. Times are UTC;
+    nodes are named where `names` knows them."""
     lines = [f"{name} @{p['offset']}: {p['kind']} v{p['version']}  {p['size']} bytes  signature {p['signature']}"]
     if "direction" in p:
-        lines.append(f"  captured {p['captured_us']} us  {p['direction']}  peer {p['peer'][:16]}  {p['address']}")
+        peer = "unknown" if p["peer"] == _NO_PEER.hex() else _who(p["peer"], names)
+        lines.append(f"  captured {format_time(p['captured_us'])}  {p['direction']}  peer {peer}  "
+                     f"{_printable(p['address'])}")
     if "reassembled_from" in p:
         lines.append(f"  reassembled from {p['reassembled_from']} fragments")
-    lines.append(f"  id {p['packet_id']}  origin {p['origin'][:16]}  hop limit {p['hop_limit']}  "
-                 f"time {p['timestamp_us']} us  flags {','.join(p['flags']) or '-'}")
+    lines.append(f"  id {p['packet_id']}  origin {_who(p['origin'], names)}  hop limit {p['hop_limit']}  "
+                 f"time {format_time(p['timestamp_us'])}  flags {','.join(p['flags']) or '-'}")
     for key, value in p["body"].items():
         if value is None:
             continue
@@ -463,5 +625,209 @@ def _format_vectors(label: str, v: dict[str, Any]) -> str:
 
 
 def _short(value: Any, limit: int = 100) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
+    text = _printable(value) if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------- filters
+
+
+def parse_kinds(values: Iterable[str]) -> frozenset[str]:
+    """Kind names (any case) as a set; ValueError, with a suggestion, for one that is not a kind."""
+    kinds = set()
+    for value in values:
+        kind = value.strip().lower()
+        if kind not in KINDS:
+            close = difflib.get_close_matches(kind, KINDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown kind {_printable(value, 40)!r}; {hint}kinds: {', '.join(KINDS)}")
+        kinds.add(kind)
+    return frozenset(kinds)
+
+
+# A packet's own problem: this error comes right after the packet's description and goes with it.
+_PACKET_ERRORS = frozenset((Reason.BAD_SIGNATURE.value, Reason.UNSIGNED.value))
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which packets to show. Each given criterion must hold (any of its values): `kinds` the packet's
+    kind (a reassembled packet has its own, its fragments are "fragment"); `topics` the body's topic,
+    exactly or, for a value ending in "*", by prefix (packets without a topic never match); `peers` a
+    node name or hex id prefix, of the origin or of the capture record's peer. No criterion: all."""
+
+    kinds: frozenset[str] = frozenset()
+    topics: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.kinds or self.topics or self.peers)
+
+    def matches(self, p: dict[str, Any], names: NameBook) -> bool:
+        if self.kinds and p["kind"] not in self.kinds:
+            return False
+        if self.topics:
+            topic = p["body"].get("topic") if isinstance(p.get("body"), dict) else None
+            if not isinstance(topic, str) or not any(_topic_matches(t, topic) for t in self.topics):
+                return False
+        if self.peers:
+            nodes = [p["origin"]]
+            if p.get("peer") and p["peer"] != _NO_PEER.hex():
+                nodes.append(p["peer"])
+            if not any(names.matches(n, q) for n in nodes for q in self.peers):
+                return False
+        return True
+
+    def select(self, results: Iterable[Result], names: NameBook) -> Iterator[Result]:
+        """The results for the packets that match, with their own errors (bad signature, unsigned);
+        errors that belong to no decoded packet (malformed input) always pass: what they were is unknown."""
+        shown: bool | None = None          # whether the packet just before was selected
+        for r in results:
+            if isinstance(r, InspectError):
+                if shown is None or r.reason not in _PACKET_ERRORS or shown:
+                    yield r
+                shown = None
+            else:
+                shown = not self or self.matches(r, names)
+                if shown:
+                    yield r
+
+
+def _topic_matches(pattern: str, topic: str) -> bool:
+    return topic.startswith(pattern[:-1]) if pattern.endswith("*") else topic == pattern
+
+
+# --------------------------------------------------------------------------------------- summary
+
+
+@dataclass
+class _Row:
+    packets: int = 0
+    bytes: int = 0
+    reassembled: int = 0
+    first_us: int | None = None
+    last_us: int | None = None
+    origins: set[str] = field(default_factory=set)
+
+
+class Summary:
+    """Counts over one input's results (`add` each, then `as_json` / `format`): per kind and topic the
+    packets, bytes, first and last time and origins; totals on the wire; signature statuses; errors.
+
+    A reassembled packet counts in its own kind's row (and its `reassembled`); its fragments count in
+    the fragment row. The totals are what was on the wire: fragments, not the packets they carried.
+    Times are capture times for a capture file, the packets' own timestamps otherwise."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str | None], _Row] = {}
+        self.packets = 0
+        self.bytes = 0
+        self.reassembled = 0
+        self.captured = False
+        self.signatures: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.first_error: dict[str, InspectError] = {}
+
+    def add(self, result: Result) -> None:
+        if isinstance(result, InspectError):
+            self.errors[result.reason] += 1
+            self.first_error.setdefault(result.reason, result)
+            return
+        p = result
+        topic = p["body"].get("topic") if isinstance(p.get("body"), dict) else None
+        row = self.rows.setdefault((p["kind"], topic if isinstance(topic, str) else None), _Row())
+        row.packets += 1
+        row.bytes += p["size"]
+        if "reassembled_from" in p:
+            row.reassembled += 1
+            self.reassembled += 1
+        else:
+            self.packets += 1
+            self.bytes += p["size"]
+        if "captured_us" in p:
+            self.captured = True
+        t = p.get("captured_us", p["timestamp_us"])
+        row.first_us = t if row.first_us is None else min(row.first_us, t)
+        row.last_us = t if row.last_us is None else max(row.last_us, t)
+        row.origins.add(p["origin"])
+        self.signatures[p["signature"]] += 1
+
+    def error_counts(self) -> dict[str, int]:
+        """Errors in the three groups people ask about: not decodable at all, unsigned, bad signature."""
+        unsigned = self.errors[Reason.UNSIGNED.value]
+        bad = self.errors[Reason.BAD_SIGNATURE.value]
+        return {"undecodable": sum(self.errors.values()) - unsigned - bad, "unsigned": unsigned,
+                "bad_signature": bad}
+
+    def _sorted(self) -> list[tuple[tuple[str, str | None], _Row]]:
+        order = {k: i for i, k in enumerate(KINDS)}
+        return sorted(self.rows.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1] or ""))
+
+    def as_json(self, names: NameBook | None = None) -> dict[str, Any]:
+        """The summary as `inspect --summary --json` prints it; `names` maps origins to the names a
+        trusted certificate vouches for (claimed names are left out, as in the per-packet JSON)."""
+        firsts = [r.first_us for r in self.rows.values() if r.first_us is not None]
+        lasts = [r.last_us for r in self.rows.values() if r.last_us is not None]
+        rows = []
+        for (kind, topic), r in self._sorted():
+            rows.append({"kind": kind, "topic": topic, "packets": r.packets, "bytes": r.bytes,
+                         "reassembled": r.reassembled, "first_us": r.first_us, "last_us": r.last_us,
+                         "origins": sorted(r.origins)})
+        verified = {}
+        if names is not None:
+            for origin in sorted({o for r in self.rows.values() for o in r.origins}):
+                name = names.verified(bytes.fromhex(origin))
+                if name is not None:
+                    verified[origin] = name
+        return {
+            "times": "captured" if self.captured else "packet",
+            "rows": rows,
+            "names": verified,
+            "totals": {"packets": self.packets, "bytes": self.bytes, "reassembled": self.reassembled,
+                       "first_us": min(firsts, default=None), "last_us": max(lasts, default=None)},
+            "signatures": dict(sorted(self.signatures.items())),
+            "errors": {**self.error_counts(), "by_reason": dict(sorted(self.errors.items()))},
+        }
+
+    def format(self, title: str, names: NameBook | None = None) -> str:
+        """A table for people, headed by `title` (the file name)."""
+        j = self.as_json()
+        t = j["totals"]
+        same_day = t["first_us"] is not None and format_time(t["first_us"])[:10] == format_time(t["last_us"])[:10]
+        span = f", {format_time(t['first_us'])} .. {format_time(t['last_us'])}" if t["first_us"] is not None else ""
+        what = "capture times" if self.captured else "packet times"
+        lines = [f"{title}: {t['packets']} packets, {t['bytes']} bytes{span} ({what})"]
+        table = [("kind", "topic", "packets", "bytes", "first", "last", "origins")]
+        for row in j["rows"]:
+            origins = sorted(self._origin(o, names) for o in row["origins"])
+            shown = ", ".join(origins[:3]) + (f" +{len(origins) - 3}" if len(origins) > 3 else "")
+            packets = str(row["packets"]) + (f" ({row['reassembled']} reassembled)" if row["reassembled"] else "")
+            table.append((row["kind"], "-" if row["topic"] is None else _printable(row["topic"], 40), packets,
+                          str(row["bytes"]), format_time(row["first_us"], date=not same_day),
+                          format_time(row["last_us"], date=not same_day), shown))
+        if len(table) > 1:
+            widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+            right = {2, 3}
+            for r in table:
+                cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+                lines.append("  " + "  ".join(cells).rstrip())
+        if self.reassembled:
+            lines.append(f"  {self.reassembled} packets reassembled from fragments (counted in their own kind's "
+                         "row; the totals count the fragments)")
+        if self.signatures:
+            lines.append("  signatures: " + ", ".join(f"{k} {v}" for k, v in sorted(self.signatures.items())))
+        e = j["errors"]
+        lines.append(f"  errors: {e['undecodable']} undecodable, {e['unsigned']} unsigned, "
+                     f"{e['bad_signature']} bad signature")
+        for reason, n in sorted(self.errors.items()):
+            first = self.first_error[reason]
+            where = f" at offset {first.offset}" if first.offset is not None else ""
+            lines.append(f"    {reason} x{n}, first{where}: {_printable(first.message, 200)}")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _origin(node_id_hex: str, names: NameBook | None) -> str:
+        known = names.get(node_id_hex) if names is not None else None
+        if known is None:
+            return node_id_hex[:16]
+        return _printable(known.name, _NAME_SHOWN) + ("" if known.verified else "?")

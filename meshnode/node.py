@@ -38,9 +38,10 @@ from typing import Any
 
 from . import __version__
 from .clock import REAL_CLOCK, Clock
-from .config import Config
+from .config import Config, mdns_plan
 from .control import ControlServer
 from .identity import NodeIdentity, load_node_identity
+from .log_limit import LogLimiter
 from .metrics import Metrics
 from .net.backoff import Backoff
 from .net.link import Link, LinkSettings
@@ -60,6 +61,7 @@ log = logging.getLogger("meshnode.node")
 DIAL_TIMEOUT = 10.0
 MAINTENANCE_INTERVAL = 5.0
 RECENT_REFUSALS = 32
+STATUS_MEMBERS = 50      # members listed by `status`; the count says how many there are in all
 
 
 @dataclass
@@ -130,6 +132,8 @@ class Node:
         self._link_closed = asyncio.Event()
         self._workers: list[_WorkerEntry] = []
         self._refusals: deque[dict[str, Any]] = deque(maxlen=RECENT_REFUSALS)
+        # Dial failures and refusals repeat for as long as a peer is down or a stranger knocks: bounded lines.
+        self._log_limit = LogLimiter(lambda: self.clock.monotonic())
         self._closed_drops: Counter[str] = Counter()
         self._closed_bytes: Counter[str] = Counter()  # wire bytes of links that have ended
         self._started_at: float | None = None
@@ -160,8 +164,12 @@ class Node:
             if cfg.discovery.mdns:
                 from .net.discovery import Discovery
 
+                plan = mdns_plan(cfg)
+                if plan.warning is not None:
+                    log.warning("%s", plan.warning)
                 self._discovery = Discovery.from_identity(
-                    self.identity, self.port, interfaces=list(cfg.discovery.mdns_interfaces),
+                    self.identity, self.port, interfaces=list(plan.interfaces),
+                    addresses=list(plan.addresses) if plan.addresses is not None else None,
                     on_event=self._on_discovery)
                 await self._discovery.start()
             for peer in cfg.discovery.static_peers:
@@ -378,7 +386,10 @@ class Node:
             member = self.members.learn(packet)
         except MemberRefused as e:
             self.metrics.inc(f"dropped.member_{e.reason}")
-            log.warning("member announcement from %s via %s refused: %s", packet.origin.hex()[:16], link.name, e)
+            held = self._log_limit.allow(("member", link.peer_node_id), e.reason)
+            if held is not None:   # a member may relay bad hellos without end: bounded lines
+                log.warning("member announcement from %s via %s refused: %s%s", packet.origin.hex()[:16], link.name,
+                            str(e)[:300], _held_note(held))
             return
         if member is None:
             return
@@ -412,7 +423,10 @@ class Node:
 
     def link_dropped(self, link: Link, reason: str, detail: str) -> None:
         self.metrics.inc(f"dropped.{reason}")
-        log.warning("dropped a packet from %s (%s): %s", link.name or link.address, reason, detail)
+        held = self._log_limit.allow(("dropped", link.peer_node_id), reason)
+        if held is not None:   # a member may send bad packets without end: bounded lines
+            log.warning("dropped a packet from %s (%s): %s%s", link.name or link.address, reason, detail[:300],
+                        _held_note(held))
 
     def link_closed(self, link: Link) -> None:
         peer = link.peer_node_id
@@ -435,8 +449,12 @@ class Node:
         self.metrics.inc(f"refused.{reason}")
         self._refusals.append({"time_us": self.clock.wall_us(), "address": address, "reason": reason,
                                "detail": detail[:300]})
-        if reason not in ("self",):
-            log.warning("refused %s: %s (%s)", address, reason, detail)
+        if reason in ("self",):
+            return
+        # By host, not host:port: a stranger reconnecting comes from a new port every time.
+        held = self._log_limit.allow(("refused", address.rsplit(":", 1)[0]), reason)
+        if held is not None:
+            log.warning("refused %s: %s (%s)%s", address, reason, detail[:300], _held_note(held))
 
     def _start_dialer(self, key: object, host: str, port: int, expected: bytes | None, *,
                       initial_delay: float) -> None:
@@ -457,6 +475,7 @@ class Node:
         backoff = Backoff(self.config.discovery.reconnect_min, self.config.discovery.reconnect_max, self._rng)
         if initial_delay > 0:
             await self.clock.sleep(initial_delay)
+        failures = 0   # in a row, to say when the peer is reachable again
         while True:
             target = expected or self._static_ids.get(key)
             if target is not None and (target in self._links or target in self._dialing):
@@ -469,13 +488,19 @@ class Node:
                 stream = await self._transport.connect(host, port, timeout=DIAL_TIMEOUT)
             except TransportError as e:
                 self.metrics.inc("dial.failed")
-                log.debug("dial %s:%d failed: %s", host, port, e)
+                failures += 1
+                self._dial_failed(key, host, port, e)
                 stream = None
             finally:
                 if target is not None:
                     self._dialing.discard(target)
             opened = False
             if stream is not None:
+                if failures:
+                    log.info("reached %s at %s after %d failed dials", _dial_label(key), _address(host, port),
+                             failures)
+                    failures = 0
+                    self._log_limit.forget(("dial", key))
                 self._static_ids[key] = stream.peer_node_id
                 if stream.peer_node_id in self._links:   # reached by another way meanwhile
                     stream.close()
@@ -484,6 +509,22 @@ class Node:
             if opened:
                 backoff.reset()
             await self.clock.sleep(backoff.next())
+
+    def _dial_failed(self, key: object, host: str, port: int, error: TransportError) -> None:
+        if getattr(error, "reason", None) is not None:
+            return  # a refused handshake: the transport has reported it through _on_refused, bounded there
+        # The message names the address and the OS's reason ("Connection refused", "no connection within
+        # 10 s"): the same text every backoff step while the peer stays down, new text when that changes.
+        address = _address(host, port)
+        text = " ".join(str(error).split())
+        text = (text.removeprefix(f"{address}: ") or type(error).__name__)[:200]
+        held = self._log_limit.allow(("dial", key), text)
+        if held is None:
+            return
+        every = f"{self._log_limit.interval / 60:g} min"
+        log.warning("cannot dial %s at %s: %s (%s)", _dial_label(key), address, text,
+                    f"{held} more failed dials since the last report" if held else
+                    f"dialling again with backoff; the same failure is logged at most every {every}")
 
     def _on_discovery(self, event: Any) -> None:
         from .net.discovery import PeerFound, PeerLost
@@ -554,11 +595,19 @@ class Node:
             "node_id": self.identity.node_id_hex, "name": self.name, "mesh_id": self.identity.mesh_id.hex(),
             "version": __version__, "state": self._state,
             "listen": f"{self.config.node.listen_host}:{self.port}", "uptime_s": round(uptime, 3),
-            "peers": len(self._links), "members": len(self.members), "workers": len(self._workers),
+            "peers": len(self._links), "members": len(self.members), "member_list": self._member_list(),
+            "workers": len(self._workers),
             "data_dir": str(self.config.node.data_dir), "mdns": self._discovery is not None,
             "capture": str(self._capture_path) if self._capture is not None else None,
             "recent_refusals": list(self._refusals),
         }
+
+    def _member_list(self) -> list[dict[str, Any]]:
+        # Linked members first, then by name; at most STATUS_MEMBERS (the directory holds up to
+        # max_members, thousands), `members` says how many there are in all.
+        listed = sorted(self.members, key=lambda m: (m.node_id not in self._links, m.name, m.node_id))
+        return [{"name": m.name[:64], "node_id": m.node_id.hex(), "linked": m.node_id in self._links}
+                for m in listed[:STATUS_MEMBERS]]
 
     def peers(self) -> list[dict[str, Any]]:
         listed = list(self._links.values())
@@ -614,7 +663,24 @@ class Node:
                 out[f"discovery.{name}"] += value
         out["peers"] = len(self._links)
         out["members"] = len(self.members)
+        if self._log_limit.held_back:
+            out["log.held_back"] = self._log_limit.held_back
         return dict(sorted(out.items()))
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _held_note(held: int) -> str:
+    return f"; {held} more like it since the last report" if held else ""
+
+
+def _dial_label(key: object) -> str:
+    """Who a dialer dials, for log lines: a static peer, or a node found over mDNS."""
+    if isinstance(key, tuple) and len(key) == 2 and key[0] == "mdns" and isinstance(key[1], bytes):
+        return f"mDNS peer {key[1].hex()[:16]}"
+    return "static peer"
 
 
 # ==================================================================== the daemon process
@@ -653,8 +719,9 @@ async def _serve(config: Config, identity: NodeIdentity, capture: Path | None) -
     except Exception as e:  # port in use, control socket taken, capture file unusable, mDNS clash...
         log.error("cannot start: %s", " ".join(str(e).split()) or type(e).__name__)
         return 1
-    t0 = time.monotonic()
+    started = time.monotonic()
     await stop.wait()
+    stopping = time.monotonic()
     await node.stop()
-    log.info("stopped after %.1f s", time.monotonic() - t0)
+    log.info("stopped: ran for %.1f s, shutdown took %.1f s", stopping - started, time.monotonic() - stopping)
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from .data import LabeledTexts, load_split
 
-__all__ = ["FleetData", "make_fleet_data"]
+__all__ = ["FleetData", "make_anchors", "make_fleet_data"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,39 @@ def make_fleet_data(source: Path, out: Path, *, nodes: int = 2, skew: float = 0.
         sorted(int(i) for i in rng.permutation(len(ev))[:eval_rows])
     eval_dir = _write(out / "eval", "dev", ev, idx)
     return FleetData(tuple(shards), anchor_path, eval_dir, pool_path if pool else None)
+
+
+def make_anchors(source: Path, out: Path, *, count: int = 500, split: str = "train", seed: int = 0,
+                 exclude: tuple[Path, ...] = ()) -> int:
+    """Write `count` texts of `source`'s `split`, drawn with `seed`, one per line, to `out`; none of
+    them is a text of a dataset in `exclude` (a teacher's labelled data: an anchor the teacher was
+    trained on hands the student its gold label, and the student's accuracy then means nothing).
+    Duplicates are dropped. Returns how many were written (fewer than `count` if the split runs out)."""
+    from .data import read_jsonl
+
+    if count < 2:
+        raise ValueError("need count >= 2")
+    data = load_split(source, split)
+    banned: set[str] = set()
+    for path in exclude:
+        files = sorted(path.glob("*.jsonl*")) if path.is_dir() else [path]
+        for f in files:
+            banned.update(_one_line(t) for t in read_jsonl(f)[0])
+    rng = np.random.default_rng(seed)
+    chosen: list[str] = []
+    seen: set[str] = set()
+    for i in rng.permutation(len(data)):
+        text = _one_line(data.texts[int(i)])
+        if text and text not in banned and text not in seen:
+            seen.add(text)
+            chosen.append(text)
+            if len(chosen) == count:
+                break
+    if len(chosen) < 2:
+        raise ValueError(f"{source}: fewer than 2 texts of {split!r} are left outside the excluded data")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(t + "\n" for t in chosen), encoding="utf-8")
+    return len(chosen)
 
 
 def main(argv: list[str] | None = None) -> None:

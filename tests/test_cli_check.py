@@ -117,3 +117,16 @@ def test_data_fleet_writes_disjoint_skewed_shards_anchors_and_eval(tmp_path: Pat
     bad = CliRunner().invoke(main, ["data", "fleet", str(src), str(tmp_path / "o2"), "--per-node", "100",
                                     "--anchors", "500"])
     assert bad.exit_code == 2 and "rows left" in bad.output
+
+
+def test_check_warns_about_a_loopback_listen_host_with_mdns(node_dir: Path) -> None:
+    toml = node_dir / "node.toml"
+    toml.write_text(toml.read_text().replace("mdns = false", "mdns = true"))   # listen_host is 127.0.0.1
+    r = CliRunner().invoke(main, ["check", "--config", str(toml)])
+    assert r.exit_code == 0 and "ok: node a" in r.stdout
+    (warning,) = r.stderr.strip().splitlines()
+    assert warning.startswith("warning: node.listen_host 127.0.0.1 is a loopback address")
+    # saying that a one-machine mesh is meant silences it
+    toml.write_text(toml.read_text().replace("[discovery]", '[discovery]\nmdns_interfaces = ["127.0.0.1"]', 1))
+    r = CliRunner().invoke(main, ["check", "--config", str(toml)])
+    assert r.exit_code == 0 and r.stderr == ""

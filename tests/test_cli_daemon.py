@@ -83,12 +83,21 @@ def test_run_answers_status_and_stops_on_sigterm(node_dir: Path) -> None:
         assert r.returncode == 0 and json.loads(r.stdout) == []
         r = _run_cli("counters", "--json", "--config", toml)
         assert r.returncode == 0 and json.loads(r.stdout)["peers"] == 0
+        # for people: words, not Python values
+        r = _run_cli("status", "--config", toml)
+        assert r.returncode == 0
+        rows = {line.split("  ", 1)[0]: line.split()[-1] for line in r.stdout.splitlines() if "  " in line}
+        assert rows["mDNS"] == "off" and rows["recent refusals"] == "none" and rows["members"] == "0"
+        assert not any(python in r.stdout for python in ("True", "False", "[]", "{}"))
+        r = _run_cli("metrics", "--config", toml)
+        assert r.returncode == 0 and "# TYPE meshnode_peers gauge" in r.stdout.splitlines()
+        assert any(line.startswith("# TYPE meshnode_control_requests_total counter") for line in r.stdout.splitlines())
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=10)
         assert code == 0 and time.monotonic() - t0 < 5
         err = proc.stderr.read()
-        assert "shutting down" in err and "stopped" in err
+        assert "shutting down" in err and "stopped: ran for" in err and "shutdown took" in err
         assert not (node_dir / "data" / "control.sock").exists()
     finally:
         if proc.poll() is None:

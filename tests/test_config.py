@@ -286,3 +286,34 @@ def test_docs_reference_is_generated_from_the_schema() -> None:
     for section, schema in cfgm.SCHEMA.items():
         for key in schema:
             assert f"`{section}.{key}`" in text
+
+
+# ------------------------------------------------------------------------------------ mDNS plan
+
+
+def _plan(tmp_path: Path, host: str, interfaces: list[str], mdns: bool = True) -> cfgm.MdnsPlan:
+    ifs = ", ".join(f'"{a}"' for a in interfaces)
+    return cfgm.mdns_plan(_load(tmp_path, f'[node]\nlisten_host = "{host}"\n'
+                                          f'[discovery]\nmdns = {str(mdns).lower()}\nmdns_interfaces = [{ifs}]\n'))
+
+
+def test_mdns_advertises_what_the_node_listens_on(tmp_path: Path) -> None:
+    # the default: every interface, the host's LAN addresses
+    assert _plan(tmp_path, "0.0.0.0", []) == cfgm.MdnsPlan((), None, None)
+    # one address: only that one is advertised (peers dialling another would find nobody)
+    assert _plan(tmp_path, "192.168.1.5", []) == cfgm.MdnsPlan((), ("192.168.1.5",), None)
+    # a one-machine mesh said explicitly: no warning
+    assert _plan(tmp_path, "127.0.0.1", ["127.0.0.1"]) == cfgm.MdnsPlan(("127.0.0.1",), ("127.0.0.1",), None)
+    # mDNS off: nothing to say
+    assert _plan(tmp_path, "127.0.0.1", [], mdns=False).warning is None
+
+
+def test_loopback_listen_host_keeps_mdns_on_loopback_and_warns(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "127.0.0.1", [])
+    assert plan.interfaces == ("127.0.0.1",) and plan.addresses == ("127.0.0.1",)
+    assert plan.warning is not None and "\n" not in plan.warning
+    assert "only nodes on this machine" in plan.warning and 'listen_host = "0.0.0.0"' in plan.warning
+    # asked to advertise on the LAN while listening on loopback: kept as asked, and said to be unreachable
+    plan = _plan(tmp_path, "127.0.0.1", ["10.0.0.5"])
+    assert plan.interfaces == ("10.0.0.5",) and plan.addresses is None
+    assert plan.warning is not None and "10.0.0.5" in plan.warning and "cannot connect" in plan.warning

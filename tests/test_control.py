@@ -111,9 +111,9 @@ def test_every_command(tmp_path: Path) -> None:
         assert await query(path, "workers") == [WORKER]
         assert await query(path, "counters") == COUNTERS
         text = await query(path, "metrics")
-        assert "meshnode_refused_other_mesh 3" in text.splitlines()
+        assert "meshnode_refused_other_mesh_total 3" in text.splitlines()
         assert "meshnode_up 1" in text.splitlines()
-        assert 'meshnode_peer_dropped{peer="efefefefefefefef",name="b",direction="out",reason="bad_signature"} 2' \
+        assert 'meshnode_peer_dropped_total{peer="efefefefefefefef",name="b",direction="out",reason="bad_signature"} 2' \
             in text.splitlines()
     serving(tmp_path, body)
 
@@ -361,14 +361,70 @@ def test_prometheus_text() -> None:
         peers=[PEER, {**PEER, "name": "c", "rtt_ms": None}],
     )
     lines = text.splitlines()
-    assert "meshnode_a_b_c 1" in lines and "meshnode_flag 1" in lines
-    assert "meshnode_nan NaN" in lines and "meshnode_big +Inf" in lines
+    assert "meshnode_a_b_c_total 1" in lines and "meshnode_flag 1" in lines
+    assert "meshnode_nan_total NaN" in lines and "meshnode_big_total +Inf" in lines
     assert not any(line.startswith("meshnode_label") for line in lines)
     assert 'meshnode_info{node_id="00",name="we\\"ird\\\\",mesh_id="11",version="1"} 1' in lines
     # every family's samples sit together under one TYPE line
     assert sum(line.startswith("meshnode_peer_rtt_ms{") for line in lines) == 1  # None gives no sample
-    sent = [i for i, line in enumerate(lines) if line.startswith("meshnode_peer_bytes_out{")]
+    sent = [i for i, line in enumerate(lines) if line.startswith("meshnode_peer_bytes_out_total{")]
     assert len(sent) == 2 and sent[1] == sent[0] + 1
-    assert sum(line.startswith("# TYPE meshnode_peer_bytes_in ") for line in lines) == 1
+    assert sum(line.startswith("# TYPE meshnode_peer_bytes_in_total ") for line in lines) == 1
     assert text.endswith("\n")
     assert prometheus_text({}) == ""
+
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+
+
+def _families(text: str) -> dict[str, dict[str, Any]]:
+    """Check `text` against the rules of the text format (0.0.4) and return {family: {type, help, samples}}."""
+    import re
+
+    assert text.endswith("\n")
+    families: dict[str, dict[str, Any]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name, _, help = line[len("# HELP "):].partition(" ")
+            assert re.fullmatch(_NAME, name) and "help" not in families.get(name, {}), line   # one HELP a name
+            families.setdefault(name, {"samples": []})["help"] = help
+        elif line.startswith("# TYPE "):
+            name, kind = line[len("# TYPE "):].split(" ")
+            assert re.fullmatch(_NAME, name) and kind in ("counter", "gauge", "histogram", "summary", "untyped")
+            fam = families.setdefault(name, {"samples": []})
+            assert "type" not in fam and not fam["samples"], line   # one TYPE, before the samples
+            fam["type"], current = kind, name
+        else:
+            m = re.fullmatch(rf"({_NAME})(\{{.*\}})? (\S+)", line)
+            assert m, line
+            assert m.group(1) == current, f"{line}: not under its own TYPE line"   # a family's samples together
+            families[current]["samples"].append(line)
+    return families
+
+
+def test_prometheus_counters_are_typed_and_explained_gauges_stay_gauges() -> None:
+    counters = {"dial.failed": 5, "refused.other_mesh": 2, "links.lost.timeout": 1, "bytes.sent": 4096,
+                "some.new_thing": 3, "peers": 1, "members": 4}
+    status = {"name": "a", "node_id": "00", "mesh_id": "11", "version": "1", "uptime_s": 3.5, "peers": 1,
+              "members": 4, "workers": 0}
+    fams = _families(prometheus_text(counters, status=status, peers=[PEER]))
+    for name in ("dial_failed", "refused_other_mesh", "links_lost_timeout", "bytes_sent", "some_new_thing"):
+        fam = fams[f"meshnode_{name}_total"]
+        assert fam["type"] == "counter" and fam["help"], name
+    assert "TLS handshake" in fams["meshnode_dial_failed_total"]["help"]
+    assert "other mesh" in fams["meshnode_refused_other_mesh_total"]["help"]
+    for name in ("peers", "members", "uptime_seconds", "peer_rtt_ms", "peer_queue_packets", "peer_queue_bytes"):
+        assert fams[f"meshnode_{name}"]["type"] == "gauge", name
+    assert fams["meshnode_peers"]["samples"] == ["meshnode_peers 1"]   # status and counters: one sample
+    for name in ("bytes_in", "bytes_out", "packets_in", "packets_out", "dropped"):
+        assert fams[f"meshnode_peer_{name}_total"]["type"] == "counter", name
+    assert all(fam.get("help") for fam in fams.values())
+    # a counter is never called what a gauge is, and only counters end in _total
+    assert all(name.endswith("_total") == (fam["type"] == "counter") for name, fam in fams.items())
+
+
+def test_prometheus_help_is_escaped() -> None:
+    from meshnode.control import _help_text
+
+    assert _help_text("a\\b\nc") == "a\\\\b\\nc"

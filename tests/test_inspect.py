@@ -407,3 +407,225 @@ def test_hostile_inputs_never_raise() -> None:
         assert results or bytes(data) == capture.CAPTURE_MAGIC     # a capture with no records yet
         for r in results:
             json.dumps(r.as_json() if isinstance(r, InspectError) else r, allow_nan=False)
+
+
+# ------------------------------------------------------------------------ times and names (people)
+
+
+def _named_hello(signer: Signer, name: str, cert: bytes | None, n: int) -> bytes:
+    return encode_packet(Hello(name=name, public_key=signer.public_key_bytes, cert=cert), signer,
+                         packet_id=_pid(n), timestamp_us=T0 + n)
+
+
+def test_human_times_are_utc_iso_8601(tmp_path: Path) -> None:
+    record = capture.CaptureRecord(T0 + 250_000, capture.Direction.IN, B.node_id, "h:1", ping(1))
+    out = invoke([write(tmp_path, "c.mncap", _capture([record]))]).stdout
+    # T0 = 1_700_000_000 s = 2023-11-14 22:13:20 UTC; the ping's own time is T0 + 1 us
+    assert "captured 2023-11-14 22:13:20.250 UTC  in" in out
+    assert "time 2023-11-14 22:13:20.000 UTC" in out
+    # JSON keeps the microseconds as they are
+    [obj] = json_lines(invoke(["--json", str(tmp_path / "c.mncap")]))
+    assert (obj["captured_us"], obj["timestamp_us"]) == (T0 + 250_000, T0 + 1)
+
+
+def test_a_time_past_year_9999_is_shown_as_microseconds() -> None:
+    from meshnode.inspect import format_time
+
+    assert format_time(2**64 - 1) == f"{2**64 - 1} us"
+    assert format_time(0) == "1970-01-01 00:00:00.000 UTC"
+    assert format_time(T0 + 123_999, date=False) == "22:13:20.123"
+
+
+def test_names_come_from_certificates_and_hellos(tmp_path: Path) -> None:
+    ca = init_mesh(tmp_path / "mesh")
+    member = init_node(tmp_path / "n1", ca, "alpha")
+    s1 = Signer(member.private_key)
+    # the ping comes before the hello: the name is known for it all the same (names are read first),
+    # while the key is still trusted from the hello on only
+    stream = b"".join(encode_frame(p) for p in (ping(1, s1), _named_hello(s1, "alpha", member.cert_der, 2),
+                                                ping(3, s1)))
+    path = write(tmp_path, "s.frames", stream)
+    short = s1.node_id.hex()[:16]
+
+    vouched = json_lines(invoke(["--json", "--trust", str(tmp_path / "mesh"), path]))
+    assert [o["signature"] for o in vouched] == ["unknown_key", "valid", "valid"]
+    assert [o.get("origin_name") for o in vouched] == ["alpha"] * 3
+    assert invoke(["--trust", str(tmp_path / "mesh"), path]).stdout.count(f"origin alpha ({short})") == 3
+
+    # without a trusted CA the name is only what the hello claims: "?" for people, absent from JSON
+    assert all("origin_name" not in o for o in json_lines(invoke(["--json", path])))
+    assert invoke([path]).stdout.count(f"origin alpha? ({short})") == 3
+
+    # a node certificate names its node without any hello
+    alone = write(tmp_path, "p.bin", ping(4, s1))
+    [obj] = json_lines(invoke(["--json", "--trust", str(tmp_path / "n1" / "node.crt"), alone]))
+    assert obj["origin_name"] == "alpha" and obj["signature"] == "valid"
+
+
+def test_a_capture_names_its_peers(tmp_path: Path) -> None:
+    records = [capture.CaptureRecord(T0, capture.Direction.IN, B.node_id, "b:7000", _named_hello(B, "bee", None, 1)),
+               capture.CaptureRecord(T0 + 1, capture.Direction.OUT, B.node_id, "b:7000", ping(2)),
+               capture.CaptureRecord(T0 + 2, capture.Direction.IN, bytes(32), "?", ping(3))]
+    out = invoke([write(tmp_path, "c.mncap", _capture(records))]).stdout
+    assert out.count(f"peer bee? ({B.node_id.hex()[:16]})  b:7000") == 2
+    assert "peer unknown  ?" in out
+
+
+def test_hostile_names_and_strings_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    evil = "ev\x1b[2J\x07il"
+    stream = encode_frame(_named_hello(B, evil, None, 1)) + encode_frame(
+        encode_packet(Vectors(topic="t\x1b]0;x\x07", vectors=VectorBlock.from_trits(np.zeros((1, 8), np.int8),
+                                                                                       SPACE)), B, timestamp_us=T0))
+    result = invoke(["--summary", write(tmp_path, "s.frames", stream)])
+    plain = invoke([str(tmp_path / "s.frames")])
+    for out in (result.stdout, plain.stdout):
+        assert "\x1b" not in out and "\x07" not in out
+    assert "ev\\x1b[2J\\x07il?" in plain.stdout and "origin ev\\x1b[2J\\x07il? (" in plain.stdout
+
+
+# ----------------------------------------------------------------------------------------- summary
+
+
+def _mixed_stream() -> tuple[bytes, int]:
+    """2 pings, 3 vectors packets (topics t, t, u), a vectors packet in 3+ fragments, a ping with a bad
+    signature, an unsigned ping and one frame that is not a packet; returns it and the fragment count."""
+    whole = encode_packet(Vectors(topic="big", vectors=VectorBlock.from_trits(
+        np.ones((4, 4000), np.int8), SPACE, "base3")), A, packet_id=_pid(50), timestamp_us=T0 + 50)
+    pieces = fragment_packet(whole, A, fragment_size=1000, first_packet_id=_pid(100), timestamp_us=T0 + 60)
+    bad = bytearray(ping(7))
+    bad[-1] ^= 1
+    unsigned = encode_packet(Ping(seq=8), None, origin=A.node_id, packet_id=_pid(8), timestamp_us=T0 + 8)
+    packets = [ping(1), ping(2), _vectors("t", 3), _vectors("t", 4), _vectors("u", 5, B), *pieces, bytes(bad),
+               unsigned, b"not a packet at all"]
+    return b"".join(encode_frame(p) for p in packets), len(pieces)
+
+
+def _vectors(topic: str, n: int, signer: Signer = A) -> bytes:
+    block = VectorBlock.from_trits(np.ones((1, 64), np.int8), SPACE)
+    return encode_packet(Vectors(topic=topic, vectors=block), signer, packet_id=_pid(n), timestamp_us=T0 + n)
+
+
+def test_summary_counts_match_the_packets(tmp_path: Path) -> None:
+    stream, nfrag = _mixed_stream()
+    path = write(tmp_path, "s.frames", stream)
+    key = write(tmp_path, "a.pub", A.public_key_bytes)
+    each = json_lines(invoke(["--json", "--trust", key, path]))
+    result = invoke(["--json", "--summary", "--trust", key, path])
+    assert result.exit_code == 1                               # the errors still count
+    [line] = json_lines(result)
+    assert line["file"] == path
+    s = line["summary"]
+    packets = [o for o in each if "kind" in o]
+    rows = {(r["kind"], r["topic"]): r for r in s["rows"]}
+    assert {k: r["packets"] for k, r in rows.items()} == {
+        ("ping", None): 4, ("vectors", "t"): 2, ("vectors", "u"): 1, ("vectors", "big"): 1,
+        ("fragment", None): nfrag}
+    assert rows[("vectors", "big")]["reassembled"] == 1
+    assert rows[("vectors", "u")]["origins"] == [B.node_id.hex()]
+    assert rows[("ping", None)]["bytes"] == sum(o["size"] for o in packets if o["kind"] == "ping")
+    assert (rows[("ping", None)]["first_us"], rows[("ping", None)]["last_us"]) == (T0 + 1, T0 + 8)
+    wire = [o for o in packets if "reassembled_from" not in o]
+    assert s["totals"]["packets"] == len(wire) == 4 + 3 + nfrag
+    assert s["totals"]["bytes"] == sum(o["size"] for o in wire)
+    assert s["totals"]["reassembled"] == 1 and s["times"] == "packet"
+    errors = s["errors"]
+    assert (errors["undecodable"], errors["unsigned"], errors["bad_signature"]) == (1, 1, 1)
+    assert sum(errors["by_reason"].values()) == sum(1 for o in each if "error" in o)
+    assert s["signatures"]["unknown_key"] == 1 and s["signatures"]["invalid"] == 1
+
+    text = invoke(["--summary", "--trust", key, path])
+    assert text.exit_code == 1 and not text.stderr             # errors are counted, not listed one by one
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith(f"{path}: {4 + 3 + nfrag} packets, ")
+    assert lines[1].split() == ["kind", "topic", "packets", "bytes", "first", "last", "origins"]
+    assert any(x.split()[:3] == ["vectors", "big", "1"] and "(1 reassembled)" in x for x in lines)
+    assert "  errors: 1 undecodable, 1 unsigned, 1 bad signature" in lines
+
+
+def test_summary_of_a_capture_uses_capture_times(tmp_path: Path) -> None:
+    records = [capture.CaptureRecord(T0 + 1_000_000 * i, capture.Direction.IN, B.node_id, "b", ping(i))
+               for i in (1, 2, 3)]
+    path = write(tmp_path, "c.mncap", _capture(records))
+    [line] = json_lines(invoke(["--json", "--summary", path]))
+    [row] = line["summary"]["rows"]
+    assert (row["first_us"], row["last_us"], line["summary"]["times"]) == (T0 + 1_000_000, T0 + 3_000_000,
+                                                                          "captured")
+    out = invoke(["--summary", path]).stdout
+    assert "2023-11-14 22:13:21.000 UTC .. 2023-11-14 22:13:23.000 UTC (capture times)" in out
+
+
+# ----------------------------------------------------------------------------------------- filters
+
+
+def test_filters_select_the_packets(tmp_path: Path) -> None:
+    stream, nfrag = _mixed_stream()
+    path = write(tmp_path, "s.frames", stream)
+    key = write(tmp_path, "a.pub", A.public_key_bytes)
+
+    def shown(*args: str) -> list[dict[str, Any]]:
+        return json_lines(invoke(["--json", "--trust", key, *args, path]))
+
+    def kinds(*args: str) -> list[Any]:
+        return [o.get("kind", o.get("error")) for o in shown(*args)]
+
+    # the undecodable frame always shows (what it was is unknown); a packet's own error goes with it
+    assert kinds("--kind", "vectors") == ["vectors"] * 4 + ["bad_magic"]
+    assert kinds("--kind", "PING") == ["ping"] * 3 + ["bad_signature", "ping", "unsigned", "bad_magic"]
+    assert kinds("--kind", "fragment") == ["fragment"] * nfrag + ["bad_magic"]
+    assert kinds("--kind", "ping", "--kind", "fragment").count("fragment") == nfrag
+    assert [o["body"]["topic"] for o in shown("--topic", "t") if "kind" in o] == ["t", "t"]
+    assert kinds("--topic", "t") == ["vectors", "vectors", "bad_magic"]
+    assert kinds("--topic", "*") == ["vectors"] * 4 + ["bad_magic"]          # any topic: only topic'd kinds
+    assert kinds("--topic", "b*", "--topic", "u") == ["vectors", "vectors", "bad_magic"]
+    by_b = shown("--peer", B.node_id.hex()[:6])
+    assert [o.get("body", {}).get("topic") for o in by_b if "kind" in o] == ["u"]
+    # criteria combine: kind AND topic
+    assert kinds("--kind", "ping", "--topic", "t") == ["bad_magic"]
+    # the exit status follows what is shown: filtered out, a bad signature does not fail the run
+    good = stream.split(b"not a packet")[0]
+    clean = write(tmp_path, "clean.frames", good[:-4])          # without the last frame's length prefix
+    assert invoke(["--trust", key, "--kind", "vectors", clean]).exit_code == 0
+    assert invoke(["--trust", key, "--kind", "ping", clean]).exit_code == 1
+    # and the filters apply to the summary
+    [line] = json_lines(invoke(["--json", "--summary", "--trust", key, "--kind", "vectors", clean]))
+    assert {r["kind"] for r in line["summary"]["rows"]} == {"vectors"}
+    assert line["summary"]["errors"]["bad_signature"] == 0
+
+
+def test_peer_filter_takes_names_and_the_capture_peer(tmp_path: Path) -> None:
+    records = [capture.CaptureRecord(T0, capture.Direction.IN, B.node_id, "b", _named_hello(B, "bee", None, 1)),
+               capture.CaptureRecord(T0, capture.Direction.OUT, B.node_id, "b", ping(2)),         # to bee
+               capture.CaptureRecord(T0, capture.Direction.OUT, bytes(32), "x", ping(3))]         # peer unknown
+    path = write(tmp_path, "c.mncap", _capture(records))
+    seqs = [o["body"].get("seq") for o in json_lines(invoke(["--json", "--peer", "bee", path]))]
+    assert seqs == [None, 2]                    # bee's hello (origin) and the ping sent to bee (peer)
+    assert len(json_lines(invoke(["--json", "--peer", A.node_id.hex()[:8].upper(), path]))) == 2
+    assert json_lines(invoke(["--json", "--peer", "nobody", path])) == []
+
+
+def test_unknown_kind_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    result = invoke(["--kind", "vectros", write(tmp_path, "p.bin", ping(1))])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "did you mean 'vectors'" in result.stderr
+
+
+def test_hostile_inputs_never_break_the_filters_the_summary_or_the_text() -> None:
+    """The same kind of damage as above, through everything `inspect` prints for people."""
+    from meshnode.inspect import Filter, Summary, format_error, format_text
+
+    rng = random.Random(20261206)
+    stream, _ = _mixed_stream()
+    seeds = [stream, _capture([capture.CaptureRecord(T0, capture.Direction.IN, B.node_id, "h",
+                                                     _named_hello(B, "bee", None, 1))])]
+    selections = [Filter(), Filter(frozenset({"ping"})), Filter(topics=("t*",)), Filter(peers=("bee", "0"))]
+    for i in range(120):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        trust = trust_of(A.public_key_bytes)
+        summary = Summary()
+        for r in selections[i % len(selections)].select(inspect_bytes(bytes(data), trust), trust.names):
+            summary.add(r)
+            assert format_error("f", r) if isinstance(r, InspectError) else format_text("f", r, trust.names)
+        assert summary.format("f", trust.names)
+        json.dumps(summary.as_json(trust.names), allow_nan=False)

@@ -4,8 +4,10 @@ sockets. Each test builds its own nodes with short liveness timeouts."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import types
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,11 @@ async def test_line_topology_relays_and_verifies_at_the_far_end(mesh, tmp_path) 
             verify_packet(packet, mesh["a"].public_key_bytes)        # raises if the signature were bad
             assert b.metrics.get("packets.forwarded") == 1
             assert a.node_id not in c._links                        # no direct link: relayed by b
+            # status lists the members: b linked, c known through b
+            status = await query(a.config.control.socket, "status")
+            assert status["members"] == 2
+            assert status["member_list"] == [{"name": "b", "node_id": b.node_id.hex(), "linked": True},
+                                             {"name": "c", "node_id": c.node_id.hex(), "linked": False}]
 
 
 @aio
@@ -303,3 +310,62 @@ async def test_workers_run_and_a_broken_worker_does_not_stop_the_daemon(mesh, tm
             assert a.metrics.get("workers.errors") == 1
             assert b.metrics.get("workers.handler_errors") >= 3
     assert (tmp_path / "a" / "data" / "workers" / "hb" / "heartbeat.json").is_file()
+
+
+def _logged(caplog, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "meshnode.node" and text in r.getMessage()]
+
+
+@aio
+async def test_loopback_listen_host_with_mdns_warns_and_keeps_mdns_on_loopback(mesh, tmp_path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="meshnode.node")
+    cfg = node_config(tmp_path / "a", mesh["a"], mdns=True)
+    cfg = dataclasses.replace(cfg, discovery=dataclasses.replace(cfg.discovery, mdns_interfaces=()))
+    a = Node(cfg, mesh["a"], rng=random.Random(1))
+    async with running(a):
+        (warning,) = _logged(caplog, "loopback")
+        assert warning.levelno == logging.WARNING and "only nodes on this machine" in warning.getMessage()
+        # what is advertised is what the node listens on, and the LAN is not told of it
+        assert a._discovery._interfaces == ["127.0.0.1"] and a._discovery._addresses == ["127.0.0.1"]
+
+
+@aio
+async def test_a_failing_dial_is_logged_once_then_counted_and_its_end_is_said(mesh, tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="meshnode.node")
+    port = free_port()                                      # nobody listens there (yet)
+    a = make(mesh, tmp_path, "a", 1, static=[f"127.0.0.1:{port}"])
+    async with running(a):
+        await wait_for(lambda: a.metrics.get("dial.failed") >= 6, "several failed dials")
+        (line,) = _logged(caplog, "cannot dial")           # one line, however many backoff steps
+        assert line.levelno == logging.WARNING
+        assert f"static peer at 127.0.0.1:{port}: Connection refused" in line.getMessage()
+        assert "at most every 10 min" in line.getMessage()
+        b = make(mesh, tmp_path, "b", 2, port=port)
+        async with running(b):
+            await wait_for(lambda: b.node_id in a._links, "a to reach b once it listens")
+            (reached,) = _logged(caplog, "reached static peer")
+            assert f"127.0.0.1:{port} after" in reached.getMessage()
+        # b is gone again: that is news, logged once more
+        await wait_for(lambda: len(_logged(caplog, "cannot dial")) == 2, "the new failure to be logged")
+        failed = a.metrics.get("dial.failed")
+        await wait_for(lambda: a.metrics.get("dial.failed") >= failed + 3, "more failed dials")
+        assert len(_logged(caplog, "cannot dial")) == 2
+
+
+def test_refusals_and_bad_packets_are_logged_once_per_source_and_reason_and_all_counted(mesh, tmp_path,
+                                                                                         caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="meshnode.node")
+    a = make(mesh, tmp_path, "a", 1)
+    for port in range(40000, 40100):                        # a stranger reconnecting from fresh ports
+        a._on_refused("not_tls", f"10.9.8.7:{port}", "random bytes")
+    a._on_refused("other_mesh", "10.9.8.7:41000", "certificate of another mesh")
+    a._on_refused("not_tls", "[2001:db8::5]:40000", "random bytes")
+    lines = [r.getMessage() for r in _logged(caplog, "refused")]
+    assert len(lines) == 3 and "10.9.8.7:40000: not_tls" in lines[0]
+    assert a.metrics.get("refused.not_tls") == 101 and len(a.status()["recent_refusals"]) == 32
+    assert a.counters()["log.held_back"] == 99
+    # a member sending bad packets without end: counted, logged once
+    link = types.SimpleNamespace(peer_node_id=mesh["evil"].node_id, name="evil", address="10.9.8.6:7400")
+    for _ in range(50):
+        a.link_dropped(link, "bad_signature", "does not verify")   # type: ignore[arg-type]
+    assert len(_logged(caplog, "dropped a packet")) == 1 and a.metrics.get("dropped.bad_signature") == 50

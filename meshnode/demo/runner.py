@@ -7,6 +7,8 @@ import asyncio
 import importlib.util
 import json
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,10 @@ def check_installed(plan: DemoPlan) -> None:
             resolve(spec)
         except FileNotFoundError as e:
             raise DemoNotInstalled(f"the {role}s' model: {e}: {INSTALL_HINT}") from None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _fresh_directory(directory: Path) -> None:
@@ -113,6 +119,9 @@ def run_demo(plan: DemoPlan, directory: Path, *, console: Console, sim: str | No
     """Run the demo in `directory` (cleared if an earlier demo made it). Raises DemoFailed with one
     line when it cannot run; returns the outcome (whose `ok` says whether every learner learnt)."""
     check_installed(plan)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a CI timeout, `kill`) stops the demo like Ctrl-C does: the daemons are stopped, not orphaned
+        signal.signal(signal.SIGTERM, _interrupt)
     directory = directory.absolute()
     _fresh_directory(directory)
     mode = f"simulated {sim} links" if sim else "real daemons on loopback"

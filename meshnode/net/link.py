@@ -9,7 +9,8 @@ The owner (node.py) gets the events through the LinkOwner methods and decides wh
 links to keep, what to forward); the link only moves bytes, keeps its counters, and records every
 packet in and out to the capture file when there is one. Closing is graceful (a bye, queued after the
 control frames already waiting; queued data is dropped) with a deadline: a peer that does not read is
-cut off after `close_grace` seconds.
+cut off after `close_grace` seconds. The link's clock also stamps the packets the session makes
+(hello, ping, pong, bye, fragments), so that they share the data packets' timeline.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class Link:
         self._reader: asyncio.Task[None] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         session.observer = self._observe
+        # One clock for the packets the session stamps (hello, ping, pong, bye, fragments), the data
+        # packets the node stamps and the capture records: real time for a daemon, simulated time in
+        # the simulator, never a mix of the two.
+        session.wall_us = clock.wall_us
 
     # ---- lifecycle
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import time
@@ -59,6 +60,14 @@ class HandshakeRefused(TransportError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+
+
+def _os_reason(e: OSError) -> str:
+    # asyncio words a failed connect as "Connect call failed ('10.0.0.5', 7400)"; the errno says what
+    # happened (Connection refused, No route to host). Resolver errors carry their own negative codes.
+    if isinstance(e.errno, int) and e.errno > 0 and not isinstance(e, socket.gaierror):
+        return os.strerror(e.errno)
+    return str(e.strerror or e)
 
 
 def format_address(peername: object) -> str:
@@ -181,8 +190,9 @@ class TlsTransport:
         self._accepting: set[asyncio.Task[None]] = set()
 
     def _refused(self, reason: str, address: str, detail: str) -> None:
-        log.warning("refused %s: %s (%s)", address, reason, detail)
-        if self.on_refused is not None:
+        if self.on_refused is None:
+            log.warning("refused %s: %s (%s)", address, reason, detail)
+        else:  # the owner logs it (the daemon: bounded per address and reason), once rather than twice
             try:
                 self.on_refused(reason, address, detail)
             except Exception:  # a faulty counter must not stop the listener
@@ -286,7 +296,7 @@ class TlsTransport:
         except TimeoutError:
             raise TransportError(f"{address}: no connection within {timeout:g} s") from None
         except OSError as e:
-            raise TransportError(f"{address}: {e.strerror or e}") from None
+            raise TransportError(f"{address}: {_os_reason(e)}") from None
         try:
             info, der = self._verify(writer)
         except IdentityError as e:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import Config, ConfigError, parse_config
-from ..identity import NodeIdentity
+from ..identity import CA_CERT_FILE, NodeIdentity
 from ..net.sim.links import LatencyHistogram, derive_rng
 from ..net.sim.transport import SimNetwork
 from ..net.sim.vclock import VirtualClock, run_virtual
@@ -157,6 +157,12 @@ class Simulation:
         worker entry. Call before `run` (run calls it if needed)."""
         sc = self.scenario
         self.identities = simulated_mesh(self.workdir / "identities", sc.node_names, sc.seed)
+        if self.capture_dir is not None and self.identities:
+            # The mesh CA certificate (public; the keys stay in the workdir) next to the captures, so
+            # that `meshnode inspect --trust DIR/ca.crt DIR/*.mncap` checks every signature: each
+            # node's hello carries its certificate, which this CA issued, and with it its name.
+            self.capture_dir.mkdir(parents=True, exist_ok=True)
+            (self.capture_dir / CA_CERT_FILE).write_bytes(next(iter(self.identities.values())).ca_cert_pem)
         dialled: dict[str, list[str]] = {n: [] for n in sc.node_names}
         for link in sc.links:
             dialled[link.b].append(f"{link.a}:{sc.listen_port}")

@@ -151,7 +151,7 @@ class Session:
     def __init__(self, signer: Signer, hello: Hello, *, limits: Limits = DEFAULT_LIMITS,
                  key_for: Callable[[bytes], Ed25519PublicKey | bytes | None] = lambda origin: None,
                  minor: int = PROTOCOL_VERSION[1], ping_window: int = 64,
-                 observer: FrameObserver | None = None) -> None:
+                 observer: FrameObserver | None = None, wall_us: Callable[[], int] | None = None) -> None:
         if hello.public_key != signer.public_key_bytes:
             raise ValueError("hello.public_key must be the signer's public key")
         if hello.max_frame > limits.max_frame:          # never announce more than we accept
@@ -175,6 +175,10 @@ class Session:
         self._next_seq = 0
         self._now = 0.0
         self.observer = observer
+        # The header timestamp of every packet this session makes (hello, ping, pong, bye, fragments):
+        # the owner's clock, so that these agree with the data packets it stamps itself (in a
+        # simulation, virtual time). None: the system clock.
+        self.wall_us = wall_us
 
     # ---- output
 
@@ -187,7 +191,8 @@ class Session:
     def start(self) -> bytes:
         """Our hello, framed. Call once, first."""
         self._act("start")
-        raw = encode_packet(self.hello, self.signer, minor=self.minor, limits=self.limits)
+        raw = encode_packet(self.hello, self.signer, minor=self.minor, limits=self.limits,
+                            timestamp_us=self._stamp())
         return self._out(raw)
 
     def send(self, body: Body) -> bytes:
@@ -203,7 +208,8 @@ class Session:
         if body.KIND in _NOT_SENDABLE:
             raise SessionError(Reason.PROTOCOL_VIOLATION, f"{body.KIND.name.lower()} packets are not sent with send()")
         self._act("send")
-        raw = encode_packet(body, self.signer, minor=self._out_minor, limits=self.limits)
+        raw = encode_packet(body, self.signer, minor=self._out_minor, limits=self.limits,
+                            timestamp_us=self._stamp())
         return self._frames(raw)
 
     def send_raw_frames(self, raw: bytes) -> Iterator[bytes]:
@@ -234,7 +240,11 @@ class Session:
             return b""
         self._act("close")
         return self._out(encode_packet(Bye(reason=reason, detail=detail), self.signer, minor=self._out_minor,
-                                       limits=self.limits))
+                                       limits=self.limits, timestamp_us=self._stamp()))
+
+    def _stamp(self) -> int | None:
+        """The timestamp for a packet made now (None: encode_packet reads the system clock)."""
+        return None if self.wall_us is None else self.wall_us()
 
     @property
     def _out_minor(self) -> int:
@@ -258,7 +268,7 @@ class Session:
         if len(raw) <= self._fragment_size:
             return iter((self._out(raw),))
         frames = iter_fragment_frames(raw, self.signer, fragment_size=self._fragment_size, minor=self._out_minor,
-                                      limits=self.limits)
+                                      timestamp_us=self._stamp(), limits=self.limits)
         return map(self._observed, frames)
 
     def _observed(self, frame: bytes) -> bytes:
@@ -345,7 +355,7 @@ class Session:
         if self.state is not State.CLOSED:
             self._outbox.append(self._out(encode_packet(
                 Bye(reason=error.reason.value, detail=str(error)[:1000]), self.signer, minor=self._out_minor,
-                limits=self.limits)))
+                limits=self.limits, timestamp_us=self._stamp())))
         self.state = State.CLOSED
         events.append(SessionFailed(error))
 
@@ -373,7 +383,7 @@ class Session:
     def _on_ping(self, packet: Packet, events: list[Event]) -> None:
         ping: Ping = packet.body  # type: ignore[assignment]
         raw = encode_packet(Pong(seq=ping.seq, echo_us=ping.sent_us), self.signer, minor=self._out_minor,
-                            limits=self.limits)
+                            limits=self.limits, timestamp_us=self._stamp())
         self._outbox.append(self._frame(raw))
 
     def _on_pong(self, packet: Packet, events: list[Event]) -> None:

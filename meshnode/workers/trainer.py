@@ -158,6 +158,11 @@ class TrainerWorker(TaskWorker):
         self._state = "preparing"
         self._spawn(self._main(), f"worker:{self.name}")
 
+    async def stop(self) -> None:
+        if self._model is not None:
+            self._model.interrupt.set()   # a training step or an eval in a thread ends at its next batch
+        await super().stop()
+
     # ------------------------------------------------------------------------------------ setup
 
     def _prepare(self) -> None:

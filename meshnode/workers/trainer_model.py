@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,6 +64,10 @@ class LoraModel:
 
     def __init__(self, cfg: TrainerSettings, *, node_id: bytes) -> None:
         from ..models import LOAD_LOCK, checkpoint_path, default_cache_dir
+
+        # Set on shutdown: train and predict stop at the next batch instead of finishing minutes of CPU
+        # work that nobody will use (a daemon asked to stop must stop).
+        self.interrupt = threading.Event()
 
         with LOAD_LOCK:
             import torch
@@ -197,6 +202,8 @@ class LoraModel:
             raise ValueError("no rows to train on: no train_data and nothing taught yet")
         losses = []
         for _ in range(steps):
+            if self.interrupt.is_set():
+                break
             if len(self.order) < min(bs, total):
                 self.order = [int(i) for i in self.rng.permutation(total)]
             take, self.order = self.order[:bs], self.order[bs:]
@@ -244,6 +251,8 @@ class LoraModel:
         try:
             with torch.inference_mode():
                 for i in range(0, len(texts), batch):
+                    if self.interrupt.is_set():
+                        raise InterruptedError("the trainer is stopping")
                     logits = self.model(**self._batch(texts[i: i + batch])).logits
                     out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         finally:

@@ -41,7 +41,8 @@ SETTINGS: dict[str, _Key] = {
                        "(then `classes` or `eval_data` names the classes)."),
     "train_split": _Key((str,), "train", "Split of train_data when it is a directory."),
     "eval_data": _Key((str,), None, "Labeled eval set (directory or jsonl) for the accuracy reported each round."),
-    "eval_split": _Key((str,), "dev", "Split of eval_data when it is a directory."),
+    "eval_split": _Key((str,), "dev", "Split of eval_data when it is a directory (the transfer worker's default "
+                       "too, and the split `meshnode data fleet` writes)."),
     "classes": _Key((list,), None, "Class names for data files without labels.json (id order)."),
     "max_train": _Key((int,), 100000, "Use at most this many training rows (a seeded sample)."),
     "max_eval": _Key((int,), 2000, "Evaluate on at most this many rows (a seeded sample)."),

@@ -58,7 +58,8 @@ SETTINGS: dict[str, _Key] = {
     "topic": _Key((str,), None, BOTH, "Topic instead of transfer/<task>."),
     "classes": _Key((list,), None, BOTH, "Class names for data files without labels.json (id order)."),
     "eval_data": _Key((str,), None, BOTH, "Labeled eval set (dataset directory or jsonl file) to report accuracy."),
-    "eval_split": _Key((str,), "test", BOTH, "Split of eval_data when it is a directory."),
+    "eval_split": _Key((str,), "dev", BOTH, "Split of eval_data when it is a directory (the trainer's default "
+                       "too, and the split `meshnode data fleet` writes)."),
     "max_eval": _Key((int,), 5000, BOTH, "Evaluate on at most this many rows (a seeded sample)."),
     "device": _Key((str,), None, BOTH, '"cpu" or "cuda" (default: CUDA when present).'),
     "cache_dir": _Key((str,), None, BOTH, "Model conversion and embedding cache (default $MESHNODE_CACHE "

@@ -216,3 +216,30 @@ async def test_a_ping_and_a_small_packet_are_not_stuck_behind_a_10_mb_packet():
         link_a.close("test over")
         await asyncio.gather(*tasks, return_exceptions=True)
     assert link_b.close_reason == "peer_bye:test over"
+
+
+class _StoppedWallClock:
+    """The real monotonic clock with a wall clock that stands still (the simulator's, in effect)."""
+
+    def monotonic(self) -> float:
+        import time
+        return time.monotonic()
+
+    def wall_us(self) -> int:
+        return 1_735_689_600_000_000
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def test_the_session_stamps_its_packets_with_the_links_clock():
+    """One clock per link: the hello, pings and byes the session makes carry the same time as the
+    capture records and the node's data packets (the link's clock), not the system clock."""
+    from meshnode.wire.packet import decode_packet
+
+    hello = Hello(name="a", public_key=A.public_key_bytes, max_frame=LIM.max_frame)
+    session = Session(A, hello, limits=LIM)
+    Link(MemoryStream(_Pipe(1), _Pipe(1), B.node_id), session, outbound=True, owner=Recorder(),
+         clock=_StoppedWallClock())
+    frame = session.start()
+    assert decode_packet(frame[4:]).header.timestamp_us == 1_735_689_600_000_000

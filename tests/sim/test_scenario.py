@@ -101,6 +101,13 @@ def test_cli_sim_writes_report_plot_and_captures(tmp_path: Path) -> None:
     inspected = CliRunner().invoke(main, ["inspect", "--json", str(out / "cap" / "b.mncap")])
     kinds = [json.loads(line).get("kind") for line in inspected.output.splitlines() if line.startswith("{")]
     assert "vectors" in kinds and "hello" in kinds
+    # the simulator leaves its mesh CA with the captures: with it, every signature checks out
+    checked = CliRunner().invoke(main, ["inspect", "--summary", "--json", "--trust", str(out / "cap" / "ca.crt"),
+                                        str(out / "cap" / "b.mncap")])
+    assert checked.exit_code == 0, checked.output
+    summary = json.loads(checked.stdout)["summary"]
+    assert set(summary["signatures"]) <= {"valid", "unsigned"} and summary["signatures"]["valid"] > 0
+    assert sorted(summary["names"].values()) == ["a", "b"]
 
 
 def test_cli_sim_bad_scenario_exits_2_naming_the_key(tmp_path: Path) -> None:

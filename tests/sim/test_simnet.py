@@ -246,3 +246,38 @@ def test_one_simulated_hour_takes_well_under_a_minute() -> None:
     # the hour happened: heartbeats every 10 s for an hour from each node, heard by its neighbours
     beats = report["nodes"]["b"]["workers"][0]["metrics"]
     assert beats["sent"] >= 350 and beats["received"] >= 2 * 300
+
+
+def test_a_capture_is_on_one_clock_and_verifies_with_the_ca_the_simulator_writes(tmp_path: Path) -> None:
+    """Control packets (hello, ping, pong, bye), fragments and data packets all carry simulated time,
+    as the capture records do; `ca.crt` next to the captures makes every signature check out and
+    names every node."""
+    from meshnode.inspect import TrustStore, failed, inspect_bytes
+    from meshnode.net.sim.vclock import EPOCH_US
+
+    sc = scenario(topology={"kind": "line", "profile": "lan"},
+                  traffic=[{"from": "a", "topic": "t", "count": 3, "vectors": 40, "dim": 16384,
+                            "encoding": "dense2", "interval": 2.0}],     # 160 KB: fragmented
+                  stop={"time": 8})
+    report = run_scenario(sc, capture_dir=tmp_path)
+    assert b"PRIVATE" not in (tmp_path / "ca.crt").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mncap", "b.mncap", "c.mncap", "ca.crt"]
+    trust = TrustStore()
+    trust.add_file(tmp_path / "ca.crt")
+    # Simulated time starts at the virtual epoch; the nodes' shutdown (byes, with a close grace)
+    # comes after the report's end, so allow a few simulated seconds more. The real clock would be
+    # years away from this window.
+    first, last = EPOCH_US, EPOCH_US + int((report["sim_time_s"] + 10) * 1e6)
+    kinds: set[str] = set()
+    for name in "abc":
+        results = list(inspect_bytes((tmp_path / f"{name}.mncap").read_bytes(), trust))
+        assert not failed(results), [r for r in results if not isinstance(r, dict)]
+        packets = [r for r in results if isinstance(r, dict)]
+        for p in packets:
+            assert first <= p["timestamp_us"] <= last, p["kind"]
+            assert first <= p["captured_us"] <= last
+            assert p["signature"] == ("unsigned" if p["kind"] == "fragment" else "valid")
+        kinds |= {p["kind"] for p in packets}
+        assert {p["origin_name"] for p in packets} <= {"a", "b", "c"}
+        assert all("origin_name" in p for p in packets)
+    assert {"hello", "ping", "pong", "vectors", "fragment", "bye"} <= kinds

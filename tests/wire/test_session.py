@@ -327,3 +327,33 @@ def test_trits_survive_end_to_end():
     t = random_trits(11, 3, 1000)
     (ev,) = b.receive_data(a.send(Vectors(topic="t", vectors=VectorBlock.from_trits(t, SPACE))), 0.0)
     assert np.array_equal(ev.packet.body.vectors.to_trits(), t)
+
+
+def test_every_packet_the_session_makes_carries_its_clock():
+    """hello, ping, pong, fragments, a bye on failure and a bye on close: one clock (the owner's; in a
+    simulation, virtual time), not the system clock behind the owner's back."""
+    made: list[bytes] = []
+    a, b = make(A), make(B)
+    a.wall_us = b.wall_us = lambda: 42_000_123
+    a.observer = b.observer = lambda direction, raw: made.append(raw) if direction == "out" else None
+    a.receive_data(b.start(), 0.0)
+    b.receive_data(a.start(), 0.0)
+    b.receive_data(a.ping(1.0), 1.0)
+    a.receive_data(b.data_to_send(), 1.1)                                 # the pong
+    frames = b"".join(a.send_frames(vectors(count=40, dim=2048)))        # larger than one fragment
+    b.receive_data(frames, 1.2)
+    b.receive_data(b"\xff\xff\xff\xff", 1.3)                              # a framing error: b says bye
+    a.close("done")
+    kinds = [decode_packet(raw).header.kind for raw in made]
+    assert {Kind.HELLO, Kind.PING, Kind.PONG, Kind.FRAGMENT, Kind.BYE} <= set(kinds)
+    assert kinds.count(Kind.BYE) == 2
+    assert {decode_packet(raw).header.timestamp_us for raw in made} == {42_000_123}
+
+
+def test_without_a_clock_the_session_stamps_the_system_time():
+    import time
+
+    a, _ = pair()
+    before = time.time_ns() // 1000
+    stamp = decode_packet(a.ping(0.0)[4:]).header.timestamp_us
+    assert before <= stamp <= time.time_ns() // 1000

@@ -293,6 +293,19 @@ def test_logit_adjustment_trains_on_logits_plus_the_nodes_own_log_prior(world, t
         parse_settings("lora", settings(world, "a", balance="reweight"))
 
 
+def test_an_interrupted_model_stops_training_and_predicting_at_the_next_batch(world) -> None:
+    from meshnode.workers.trainer_model import LoraModel
+    from meshnode.workers.trainer_settings import parse_settings
+
+    model = LoraModel(parse_settings("lora", settings(world, "a")), node_id=b"\x01" * 32)
+    model.train(2)
+    assert model.steps == 2
+    model.interrupt.set()   # what TrainerWorker.stop does: a daemon asked to stop must not train on for minutes
+    assert np.isnan(model.train(50)) and model.steps == 2
+    with pytest.raises(InterruptedError):
+        model.predict(["a good film"])
+
+
 def test_export_writes_an_adapter_that_peft_loads_with_the_same_predictions(world, tmp_path) -> None:
     from peft import PeftModel
     from safetensors.numpy import save_file

@@ -93,7 +93,7 @@ def world(tmp_path_factory) -> dict[str, Any]:
     # a teacher whose labels carry no information about the texts
     shuffled = write_dataset(root / "train-shuffled", "train", train_texts,
                               [int(y) for y in np.random.default_rng(0).permutation(train_labels)])
-    evaluation = write_dataset(root / "eval", "test", *synthetic(300, 3))
+    evaluation = write_dataset(root / "eval", "dev", *synthetic(300, 3))
     return {"root": root, "ids": ids, "models": models, "anchors": root / "anchors.txt",
             "anchors_other": root / "anchors-other.txt", "train": train, "train_shuffled": shuffled,
             "eval": evaluation,
