@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from ..net.sim.kinds import KINDS
 from .runner import Progress
 
-__all__ = ["LiveProgress", "plot_report", "print_summary", "write_report"]
+__all__ = ["MAX_LINK_PANELS", "LiveProgress", "plot_report", "print_summary", "write_report"]
 
 
 def _size(n: float) -> str:
@@ -87,7 +89,6 @@ class LiveProgress:
 
 
 def print_summary(report: dict[str, Any], console: Console, *, wall_s: float | None = None) -> None:
-    chk = report["checks"]
     line = (f"[bold]{report['scenario']}[/] (seed {report['seed']}): {report['sim_time_s']:,.1f} simulated s, "
             f"stopped by {report['stopped_by']}")
     if wall_s is not None:
@@ -107,6 +108,9 @@ def print_summary(report: dict[str, Any], console: Console, *, wall_s: float | N
                       f"{s['packets_delivered']:,} / {_size(s['bytes_delivered'])}", ratio, f"{s['retransmissions']:,}",
                       _drops(s["dropped"]), _ms(s["latency_ms"]["p50"]), _ms(s["latency_ms"]["p99"]))
     console.print(links)
+    kinds = _kinds_table(report)
+    if kinds is not None:
+        console.print(kinds)
     nodes = Table("node", "sent", "received", "links opened/lost", "dropped packets", "workers", title="nodes",
                   header_style="bold")
     for name, n in report["nodes"].items():
@@ -115,19 +119,11 @@ def print_summary(report: dict[str, Any], console: Console, *, wall_s: float | N
         workers = ", ".join(f"{w['name']} ({w['state']})" for w in n["workers"]) or "-"
         state = "" if n["running"] else " [red](down)[/]"
         nodes.add_row(name + state, _size(n["bytes_sent"]), _size(n["bytes_received"]),
-                      f"{c.get('links.opened', 0)}/{c.get('links.closed', 0)}", _drops(drops), workers)
+                      f"{c.get('links.opened', 0)}/{c.get('links.closed', 0)}", _drops(drops), escape(workers))
     console.print(nodes)
-    acc_rows = _accuracy_rows(report)
-    if acc_rows:
-        acc = Table("node", "worker", "model", "role", "first", "final", "points", title="accuracy",
-                    header_style="bold")
-        for node, worker, series in acc_rows:
-            points = series["over_time"]
-            # Worker and model names come from config files and worker status: escape rich markup.
-            acc.add_row(escape(node), escape(worker), escape(str(series["model"] or "-")),
-                        escape(str(series["role"])), _acc(points[0][1] if points else None),
-                        _acc(series["final"]), str(len(points)))
-        console.print(acc)
+    workers_table = _workers_table(report)
+    if workers_table is not None:
+        console.print(workers_table)
     for f in report["flows"]:
         t = Table("receiver", "delivered", "ratio", "duplicates", "latency p50", "p99", "max",
                   title=f"flow {f['index']}: {f['from']} -> {f['topic']!r}, {f['published']} of {f['count']} "
@@ -141,49 +137,304 @@ def print_summary(report: dict[str, Any], console: Console, *, wall_s: float | N
     for e in report["events"]:
         what = e.get("link") or e.get("node")
         console.print(f"event t={e['at']:g} s: {e['action']} {what} -> {e['outcome']}")
+    _print_verdict(report, console)
+
+
+def _print_verdict(report: dict[str, Any], console: Console) -> None:
+    """The expectations and what the exit code is, and why. Reports written before expectations
+    existed have no "verdict": they get the rule of their time (traffic all delivered exactly once)."""
+    chk = report["checks"]
+    verdict = report.get("verdict")
+    stated = bool(verdict and verdict["expectations_stated"])
     if report["flows"]:
-        ok = "[green]yes[/]" if chk["all_delivered"] else "[red]no[/]"
-        once = "[green]yes[/]" if chk["exactly_once"] else "[red]no[/]"
-        console.print(f"all delivered: {ok}   exactly once: {once}   lowest delivery ratio: "
-                      f"{chk['delivery_ratio_min']}")
+        # Red only when nothing says whether a loss was expected; with [expect], the table below judges.
+        def yes_no(ok: bool) -> str:
+            return ("yes" if ok else "no") if stated else ("[green]yes[/]" if ok else "[red]no[/]")
+        console.print(f"all delivered: {yes_no(chk['all_delivered'])}   exactly once: {yes_no(chk['exactly_once'])}"
+                      f"   lowest delivery ratio: {chk['delivery_ratio_min']}")
+    if verdict is None:
+        return
+    if stated:
+        notes = any(e["note"] for e in report["expectations"])
+        t = Table("expectation", "expected", "measured", "", *(("note",) if notes else ()), title="expectations",
+                  header_style="bold")
+        for e in report["expectations"]:
+            expected = ("at least " if e.get("compare") == "at_least" else "") + _value(e["expected"])
+            t.add_row(escape(e["key"]), expected, _value(e["measured"]),
+                      "[green]met[/]" if e["met"] else "[bold red]NOT met[/]",
+                      *((escape(e["note"] or ""),) if notes else ()))
+        console.print(t)
+        if verdict["passed"]:
+            console.print(f"[green]{escape(verdict['reason'])}: exit 0[/]")
+        else:
+            console.print(f"[bold red]{escape(verdict['reason'])}: exit 1[/]")
+    elif verdict["passed"]:
+        console.print(f"no expectations stated: exit 0 ({escape(verdict['reason'])})")
+    else:
+        console.print(f"[red]no expectations stated: exit 1 because {escape(verdict['reason'])}[/]; if the scenario "
+                      "means to show that, say so in an \\[expect] table (docs/SIM.md)")
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return escape(str(v))
+
+
+def _kinds_table(report: dict[str, Any]) -> Table | None:
+    """Delivered payload by packet kind: all links together, and per link when they fit (8 or fewer
+    directed links). Reports from before the split have no "kinds": no table."""
+    links = {name: s.get("kinds") for name, s in report["links"].items()}
+    if not links or any(k is None for k in links.values()):
+        return None
+    total: dict[str, list[int]] = {}
+    for per_kind in links.values():
+        for kind, v in per_kind.items():
+            entry = total.setdefault(kind, [0, 0])
+            entry[0] += v["bytes"]
+            entry[1] += v["packets"]
+    if not total:
+        return None
+    everything = sum(b for b, _ in total.values())
+    per_link = len(links) <= MAX_LINK_PANELS
+    t = Table("kind", "bytes", "share", "packets", *(links if per_link else ()),
+              title="delivered by packet kind" + (" (bytes per link)" if per_link else ", all links"),
+              header_style="bold")
+    for kind in (k for k in KINDS if k in total):
+        b, n = total[kind]
+        share = f"{100 * b / everything:.1f}%" if everything else "-"
+        cells = [_size(per_kind[kind]["bytes"]) if kind in per_kind else "-" for per_kind in links.values()]
+        t.add_row(kind, _size(b), share, f"{n:,}", *(cells if per_link else ()))
+    return t
+
+
+def _workers_table(report: dict[str, Any]) -> Table | None:
+    """One row per node and worker: what it is, where it got to, what it moved, how well it does. A
+    down node's workers are gone from the report; the ones that recorded an accuracy still show."""
+    rows = []
+    for node, n in report["nodes"].items():
+        accuracy = n.get("accuracy") or {}
+        seen = set()
+        for w in n["workers"]:
+            seen.add(w["name"])
+            rows.append((node, w, accuracy.get(w["name"])))
+        rows += [(node, {"name": name, "type": series["type"], "state": "node down", "error": None, "metrics": {}},
+                  series) for name, series in accuracy.items() if name not in seen]
+    if not rows:
+        return None
+    t = Table("node", "worker", "type", "model", "state", "rounds", "sent", "received", "accuracy first", "final",
+              title="workers", header_style="bold")
+    for node, w, series in rows:
+        kind = w["type"]
+        if series is not None and series.get("role") and series["role"] != kind:
+            kind += f" ({series['role']})"
+        state = w["state"]
+        if state == "running" and w.get("phase"):
+            state = w["phase"]
+        if w.get("error"):
+            state += f": {str(w['error'])[:60]}"
+        metrics = w["metrics"]
+        points = series["over_time"] if series is not None else []
+        # Names and states come from config files and worker status: escape rich markup.
+        t.add_row(escape(node), escape(w["name"]), escape(kind),
+                  escape(str(series["model"])) if series is not None and series.get("model") else "-",
+                  escape(state), _count(metrics.get("rounds")), _bytes(metrics.get("bytes_sent")),
+                  _bytes(metrics.get("bytes_received")), _acc(points[0][1] if points else None),
+                  _acc(series["final"] if series is not None else None))
+    return t
+
+
+def _count(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else "-"
+
+
+def _bytes(v: Any) -> str:
+    return _size(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
 
+# ------------------------------------------------------------------------------------ the plot
+
+# More directed links than this and the plot has a panel per node (what it received) instead of one
+# per link: 4 full-mesh nodes already make 12 links, too many small panels to read.
+MAX_LINK_PANELS = 8
+_PANEL_H = 2.2            # inches per row of panels
+_ACC_H = 3.0              # inches of the accuracy panel
+_HEAD_H = 0.6             # inches for the title and the legend
+# A panel is a few hundred pixels wide: more bins than this and bursty traffic (a ping every 20 s in
+# 8 s bins) becomes a comb of one-pixel spikes, so the plot merges the report's bins down to this many.
+_PLOT_BINS = 150
+# One colour per kind, the same in every panel (tab20's pairs of near shades would make ping and pong,
+# vectors and pong, hard to tell apart).
+_COLOURS = {"hello": "tab:blue", "members": "lightskyblue", "ping": "tab:pink", "pong": "tab:olive",
+            "vectors": "tab:orange", "knowledge": "tab:purple", "delta": "tab:green", "fragment": "tab:brown",
+            "ack": "gold", "nack": "black", "bye": "maroon", "other": "tab:grey", "all": "tab:blue"}
+
+
+@dataclass(frozen=True)
+class _Panel:
+    title: str
+    kinds: dict[str, list[int]]              # kind -> delivered bytes per bin
+    capacity: list[list[float]]              # [[t, bit/s], ...] a step function; [] unknown or unlimited
+    about: frozenset[str]                    # a link panel: its two ends; a node panel: the node
+    is_link: bool = True
+
+    def concerns(self, event_nodes: frozenset[str], link_event: bool) -> bool:
+        """Is an event about these nodes (a link's two ends, or one node) this panel's business? A
+        link's events are its own link's only; a node's events are its links' and its own."""
+        if self.is_link and link_event:
+            return event_nodes == self.about
+        return bool(event_nodes & self.about)
+
+
+def _panels(report: dict[str, Any]) -> tuple[list[_Panel], str]:
+    timeline = report["timeline"]
+    by_link = timeline.get("kinds") or {name: {"all": row} for name, row in timeline["bytes"].items()}
+    capacity = timeline.get("capacity_bps") or {}
+    if len(report["links"]) <= MAX_LINK_PANELS:
+        panels = []
+        for name, s in report["links"].items():
+            steps = capacity.get(name) or [[0.0, s["profile"]["rate_bps"]]]
+            rates = [f"{_rate(r)} from {t:g} s" if i else _rate(r) for i, (t, r) in enumerate(steps)]
+            title = f"{name}: {s['profile']['mode']}, {', '.join(rates)}"
+            unlimited = any(r == 0 for _, r in steps)
+            panels.append(_Panel(title, by_link.get(name, {}), [] if unlimited else steps,
+                                 frozenset((s["from"], s["to"]))))
+        return panels, "delivered on each link"
+    panels = []
+    for node in report["nodes"]:
+        incoming = [name for name, s in report["links"].items() if s["to"] == node]
+        kinds: dict[str, list[int]] = {}
+        for name in incoming:
+            for kind, row in by_link.get(name, {}).items():
+                acc = kinds.setdefault(kind, [0] * len(row))
+                for i, v in enumerate(row):
+                    acc[i] += v
+        steps_of = [capacity.get(name) or [] for name in incoming]
+        total: list[list[float]] = []
+        if incoming and all(steps and all(r > 0 for _, r in steps) for steps in steps_of):
+            times = sorted({t for steps in steps_of for t, _ in steps})
+            total = [[t, sum(_rate_at(steps, t) for steps in steps_of)] for t in times]
+        panels.append(_Panel(f"{node}: received over {len(incoming)} links", kinds, total, frozenset((node,)),
+                             is_link=False))
+    return panels, "received by each node"
+
+
+def _rate_at(steps: list[list[float]], t: float) -> float:
+    rate = steps[0][1]
+    for at, r in steps:
+        if at <= t:
+            rate = r
+    return rate
+
+
+def _rate(bps: float) -> str:
+    if not bps:
+        return "no rate limit"
+    for scale, unit in ((1e9, "Gbit/s"), (1e6, "Mbit/s")):
+        if bps >= scale:
+            return f"{bps / scale:,.1f} {unit}"
+    return f"{bps / 1e3:,.1f} kbit/s"
+
+
+def _event_label(e: dict[str, Any]) -> tuple[str, frozenset[str]]:
+    """What an event did, in words for the plot, and the nodes it concerns."""
+    if "link" in e:
+        a, b = e["link"]
+        words = {"cut": f"{a}-{b} down", "restore": f"{a}-{b} up"}.get(e["action"], f"{a}-{b}: {e.get('profile')}")
+        return words, frozenset((a, b))
+    node = e.get("node", "")
+    return {"kill": f"{node} stopped", "restart": f"{node} started"}.get(e["action"], f"{e['action']} {node}"), \
+        frozenset((node,))
+
+
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    """PNG of delivered bytes per second on each link over simulated time and, when any worker
-    reported an accuracy, a second panel below with each node's workers' accuracy over the same time."""
+    """PNG of delivered payload over simulated time, stacked by packet kind: one panel per directed
+    link (or, with more than MAX_LINK_PANELS links, per node: what it received), each with the link's
+    line rate as a dashed step line and the scenario's events as vertical lines (labelled, in red, on
+    the panels they concern); below, when any worker reported an accuracy, each node's workers'
+    accuracy over the same time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     timeline = report["timeline"]
     bin_s = timeline["bin_s"]
+    end = report["sim_time_s"]
+    panels, what = _panels(report)
     acc_rows = [r for r in _accuracy_rows(report) if r[2]["over_time"]]
+    ncols = 1 if len(panels) <= 1 else 2
+    nrows = max(1, -(-len(panels) // ncols))
+    fig = plt.figure(figsize=(6 * ncols if ncols > 1 else 10, _HEAD_H + _PANEL_H * nrows + (_ACC_H if acc_rows else 0)),
+                     dpi=100)
+    grid = fig.add_gridspec(nrows + (1 if acc_rows else 0), ncols,
+                            height_ratios=[_PANEL_H] * nrows + ([_ACC_H] if acc_rows else []))
+    colour = {k: _COLOURS.get(k, "tab:grey") for k in (*KINDS, "all")}
+    merge = max(1, -(-len(next(iter(timeline["bytes"].values()), [])) // _PLOT_BINS))
+    plot_bin = bin_s * merge
+    events = [(e, *_event_label(e)) for e in report["events"]]
+    first = None
+    shown: set[str] = set()
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(grid[i // ncols, i % ncols], sharex=first)
+        first = first or ax
+        kinds = [k for k in (*KINDS, "all") if any(panel.kinds.get(k, ()))]
+        peak = 0.0
+        if kinds:
+            rows = [[sum(row[j:j + merge]) for j in range(0, len(row), merge)] for row in
+                    (panel.kinds[k] for k in kinds)]
+            xs = [j * plot_bin for j in range(len(rows[0]))]
+            ys = [[b * 8 / plot_bin / 1e3 for b in row] for row in rows]
+            ax.stackplot(xs, *ys, colors=[colour[k] for k in kinds], step="post", linewidth=0)
+            peak = max(sum(col) for col in zip(*ys))
+            shown.update(kinds)
+        if panel.capacity:
+            kbps = [[t, r / 1e3] for t, r in panel.capacity]
+            top = max(r for _, r in kbps)
+            # A line rate far above the traffic would flatten it to nothing: say it instead of drawing it.
+            if peak == 0 or top <= 20 * peak:
+                ax.step([t for t, _ in kbps] + [end], [r for _, r in kbps] + [kbps[-1][1]], where="post",
+                        color="black", linestyle="--", linewidth=1)
+                shown.add("line rate")
+            else:
+                ax.text(0.99, 0.95, f"line rate {_rate(panel.capacity[-1][1])} (off scale)", transform=ax.transAxes,
+                        ha="right", va="top", fontsize=7, color="dimgrey")
+        for e, label, about in events:
+            mine = panel.concerns(about, "link" in e)
+            ax.axvline(e["at"], color="tab:red" if mine else "lightgrey", linestyle=":", linewidth=1)
+            if mine:
+                ax.annotate(label, (e["at"], 1), xycoords=("data", "axes fraction"), xytext=(2, -2),
+                            textcoords="offset points", fontsize=7, rotation=90, va="top", color="tab:red")
+        ax.set_title(panel.title, fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(0, max(end, bin_s))
+        if i % ncols == 0:
+            ax.set_ylabel("kbit/s", fontsize=8)
+        if i >= len(panels) - ncols and not acc_rows:
+            ax.set_xlabel("simulated time (s)", fontsize=8)
+    handles = [Patch(color=colour[k], label=k) for k in (*KINDS, "all") if k in shown]
+    if "line rate" in shown:
+        handles.append(Line2D([], [], color="black", linestyle="--", label="line rate"))
+    if handles:
+        fig.legend(handles=handles, loc="upper center", ncols=min(len(handles), 8), fontsize=8,
+                   bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()), frameon=False)
+    fig.suptitle(f"{report['scenario']} (seed {report['seed']}): payload {what}, by packet kind "
+                 f"({plot_bin} s bins)", fontsize=10, y=1 - 0.05 / fig.get_figheight(), va="top")
     if acc_rows:
-        fig, (ax, acc_ax) = plt.subplots(2, 1, figsize=(10, 8), dpi=100, sharex=True, height_ratios=(5, 3))
-    else:
-        fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
-    for name, row in timeline["bytes"].items():
-        if any(row):
-            ax.plot([i * bin_s for i in range(len(row))], [b * 8 / bin_s / 1e3 for b in row], label=name,
-                    linewidth=1)
-    for e in report["events"]:
-        ax.axvline(e["at"], color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"{e['action']} {'-'.join(e['link']) if 'link' in e else e.get('node', '')}", (e["at"], 0),
-                    xytext=(3, 3), textcoords="offset points", fontsize=7, rotation=90, color="grey")
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel(f"delivered payload (kbit/s, {bin_s} s bins)")
-    ax.set_title(f"{report['scenario']} (seed {report['seed']})")
-    if ax.has_data():
-        ax.legend(fontsize=7, ncols=2)
-    if acc_rows:
+        acc_ax = fig.add_subplot(grid[nrows, :], sharex=first)
         _plot_accuracy(acc_ax, report, acc_rows)
-        ax.set_xlabel("")                      # shared with the panel below, labelled there
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - _HEAD_H / fig.get_figheight()))
     fig.savefig(path)
     plt.close(fig)
 

@@ -27,16 +27,17 @@ import numpy as np
 from .. import __version__
 from ..config import Config, ConfigError, parse_config
 from ..identity import CA_CERT_FILE, NodeIdentity
+from ..net.sim.kinds import KINDS
 from ..net.sim.links import LatencyHistogram, derive_rng
 from ..net.sim.transport import SimNetwork
 from ..net.sim.vclock import VirtualClock, run_virtual
 from ..node import Node
 from ..wire.packet import Packet, VectorBlock, Vectors
 from .identities import simulated_mesh
-from .scenario import Event, Flow, Scenario, ScenarioError
+from .scenario import Event, Expect, Flow, Scenario, ScenarioError, trainers_with_rounds
 
 __all__ = ["ACCURACY_MAX_POINTS", "ACCURACY_SAMPLE_S", "AccuracySeries", "Progress", "Simulation",
-           "run_scenario"]
+           "evaluate_expectations", "run_scenario", "verdict"]
 
 log = logging.getLogger("meshnode.sim")
 
@@ -449,8 +450,11 @@ class Simulation:
             workers: list[dict[str, Any]] = []
             if node is not None:
                 counters.update(node.counters())
+                # phase: the worker's own state from its status (a trainer: training, waiting, ...,
+                # done), next to the node's view of it (state: running, failed, stopped)
                 workers = [{"name": w["name"], "type": w["type"], "state": w["state"], "error": w["error"],
-                            "metrics": w["metrics"]} for w in node.workers()]
+                            "phase": _phase_of(w.get("status")), "metrics": w["metrics"]}
+                           for w in node.workers()]
             nodes[name] = {
                 "running": node is not None, "incarnations": self.incarnation[name],
                 "bytes_sent": per_node_sent[name], "bytes_received": per_node_recv[name],
@@ -459,7 +463,7 @@ class Simulation:
             }
         flows = self._flow_summaries()
         every = [r for f in flows for r in f["receivers"].values()]
-        return {
+        report: dict[str, Any] = {
             "scenario": sc.name, "seed": sc.seed, "meshnode_version": __version__,
             "stopped_by": stopped_by, "sim_time_s": round(end, 6),
             "ready_at_s": None if self.ready_at is None else round(self.ready_at, 6),
@@ -472,18 +476,157 @@ class Simulation:
             "nodes": nodes, "links": links, "flows": flows, "events": self.events_done,
             "timeline": self._timeline(end),
         }
+        report["expectations"] = evaluate_expectations(sc, report)
+        report["verdict"] = verdict(report, stated=sc.expect is not None)
+        return report
 
     def _timeline(self, end: float) -> dict[str, Any]:
-        """Delivered payload bytes per link in at most ~500 equal time bins (for plots)."""
+        """Delivered payload bytes per link in at most ~500 equal time bins, in all and by packet kind,
+        and each link's line rate over time (for plots)."""
         bin_s = max(1, -(-int(end) // 500))
         nbins = int(end) // bin_s + 1
-        series = {}
-        for link in self.net.links.values():
+
+        def binned(per_second: Counter[int]) -> list[int]:
             row = [0] * nbins
-            for second, nbytes in link.stats.bytes_per_second.items():
+            for second, nbytes in per_second.items():
                 row[min(second // bin_s, nbins - 1)] += nbytes
-            series[link.name] = row
-        return {"bin_s": bin_s, "bytes": series}
+            return row
+
+        series, kinds, capacity = {}, {}, {}
+        for (src, dst), link in self.net.links.items():
+            series[link.name] = binned(link.stats.bytes_per_second)
+            per_kind = link.stats.kind_bytes_per_second
+            kinds[link.name] = {k: binned(per_kind[k]) for k in KINDS if k in per_kind}
+            # The rate each profile gave this link and when (set_profile changes both directions);
+            # 0: no rate limit.
+            steps = [[0.0, self._profile_of(self._link_spec_profile(src, dst)).rate_bps]]
+            for e in self.events_done:
+                if e["action"] == "set_profile" and set(e["link"]) == {src, dst} and e["outcome"] == "done":
+                    steps.append([e["done_at"], self._profile_of(e["profile"]).rate_bps])
+            capacity[link.name] = steps
+        return {"bin_s": bin_s, "bytes": series, "kinds": kinds, "capacity_bps": capacity}
+
+    def _link_spec_profile(self, src: str, dst: str) -> str:
+        """The name of the profile the topology gave the directed link src -> dst."""
+        for spec in self.scenario.links:
+            if (spec.a, spec.b) == (src, dst):
+                return spec.profile
+            if (spec.b, spec.a) == (src, dst):
+                return spec.reverse
+        raise KeyError(f"{src}->{dst}")
+
+
+def _phase_of(status: Any) -> str | None:
+    """A worker status' own state (str, kept short: it ends up on a terminal), or None."""
+    if not isinstance(status, dict) or status.get("state") is None:
+        return None
+    return str(status["state"])[:32]
+
+
+# ------------------------------------------------------------------------------------ expectations
+
+
+@dataclass(frozen=True)
+class _Check:
+    """How one [expect] key is measured from the report and judged. `measure(report, scenario, entry)`
+    gives (the measured value, a note or None); `entry` is the table key for per-receiver / per-worker
+    expectations, None for the others."""
+
+    measure: Callable[[dict[str, Any], Scenario, str | None], tuple[Any, str | None]]
+    met: Callable[[Any, Any], bool]         # (measured, expected)
+    per_entry: bool = False                 # a table: one expectation per entry
+
+
+def _equal(measured: Any, expected: Any) -> bool:
+    return measured is not None and measured == expected
+
+
+def _at_least(measured: Any, expected: Any) -> bool:
+    return measured is not None and measured >= expected
+
+
+def _check_value(key: str) -> Callable[[dict[str, Any], Scenario, str | None], tuple[Any, str | None]]:
+    return lambda report, _sc, _entry: (report["checks"][key], None)
+
+
+def _receiver_ratio(report: dict[str, Any], _sc: Scenario, receiver: str | None) -> tuple[Any, str | None]:
+    ratios = [(f["index"], f["receivers"][receiver]["delivery_ratio"]) for f in report["flows"]
+              if receiver in f["receivers"]]
+    known = [r for _, r in ratios if r is not None]
+    if len(known) < len(ratios):
+        return None, "a flow it receives published nothing"
+    return min(known, default=None), (f"lowest of {len(ratios)} flows" if len(ratios) > 1 else None)
+
+
+def _workers_done(report: dict[str, Any], sc: Scenario, _entry: str | None) -> tuple[Any, str | None]:
+    phases = {}
+    for node, worker in trainers_with_rounds(sc.nodes):
+        entry = next((w for w in report["nodes"][node]["workers"] if w["name"] == worker), None)
+        phases[f"{node}/{worker}"] = "node down" if entry is None else (
+            entry.get("phase") if entry["state"] == "running" else entry["state"]) or "-"
+    done = sum(p == "done" for p in phases.values())
+    not_done = ", ".join(f"{w} {p}" for w, p in phases.items() if p != "done")
+    return done == len(phases), f"{done} of {len(phases)} trainers done" + (f"; {not_done}" if not_done else "")
+
+
+def _final_accuracy(report: dict[str, Any], _sc: Scenario, entry: str | None) -> tuple[Any, str | None]:
+    assert entry is not None
+    node, _, worker = entry.partition("/")
+    series = report["nodes"][node]["accuracy"].get(worker)
+    if series is None or series["final"] is None:
+        return None, "never reported an accuracy"
+    return series["final"], None
+
+
+# The [expect] keys, as data: adding one is a line here and a field in scenario.Expect.
+_CHECKS: dict[str, _Check] = {
+    "all_delivered": _Check(_check_value("all_delivered"), _equal),
+    "exactly_once": _Check(_check_value("exactly_once"), _equal),
+    "delivery_ratio_min": _Check(_check_value("delivery_ratio_min"), _at_least),
+    "receiver_ratio_min": _Check(_receiver_ratio, _at_least, per_entry=True),
+    "workers_done": _Check(_workers_done, _equal),
+    "accuracy_min": _Check(_final_accuracy, _at_least, per_entry=True),
+}
+
+
+def evaluate_expectations(scenario: Scenario, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each stated expectation of `scenario` measured on `report`: [{key, expected, compare ("equal" or
+    "at_least": measured >= expected), measured, met, note}] in [expect]'s field order; a table key
+    gives one entry per table entry ("key.entry"). Nothing to measure (None) is never met."""
+    expect = scenario.expect or Expect()
+    out = []
+    for key, check in _CHECKS.items():
+        stated = getattr(expect, key)
+        items = list(stated.items()) if check.per_entry else [(None, stated)]
+        for entry, expected in items:
+            if expected is None:
+                continue
+            measured, note = check.measure(report, scenario, entry)
+            out.append({"key": key if entry is None else f"{key}.{entry}", "expected": expected,
+                        "compare": "at_least" if check.met is _at_least else "equal",
+                        "measured": measured, "met": check.met(measured, expected), "note": note})
+    return out
+
+
+def verdict(report: dict[str, Any], *, stated: bool) -> dict[str, Any]:
+    """Did the run show what it should? With [expect]: when every expectation is met. Without: when it
+    has no traffic, or all of it reached every receiver exactly once (the rule before [expect])."""
+    if stated:
+        missed = [e["key"] for e in report["expectations"] if not e["met"]]
+        n = len(report["expectations"])
+        reason = (f"{len(missed)} of {n} expectations NOT met: {', '.join(missed)}" if missed
+                  else f"all {n} expectations met")
+        return {"expectations_stated": True, "passed": not missed, "reason": reason}
+    chk = report["checks"]
+    if not report["flows"]:
+        return {"expectations_stated": False, "passed": True, "reason": "no traffic to check"}
+    problems = []
+    if not chk["all_delivered"]:
+        problems.append(f"not all was delivered (lowest delivery ratio {chk['delivery_ratio_min']})")
+    if not chk["exactly_once"]:
+        problems.append("some packets were delivered more than once")
+    return {"expectations_stated": False, "passed": not problems,
+            "reason": " and ".join(problems) if problems else "all traffic was delivered exactly once"}
 
 
 def run_scenario(scenario: Scenario, *, workdir: Path | None = None, capture_dir: Path | None = None,

@@ -8,7 +8,7 @@ import dataclasses
 import difflib
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ from ..identity import validate_node_name
 from ..net.sim.links import PRESETS, GilbertElliott, LinkProfile
 
 __all__ = [
-    "Event", "Flow", "LinkSpec", "NodeSpec", "Scenario", "ScenarioError", "Stop", "load_scenario",
-    "parse_scenario",
+    "EXPECT_KEYS", "Event", "Expect", "Flow", "LinkSpec", "NodeSpec", "Scenario", "ScenarioError", "Stop",
+    "load_scenario", "parse_scenario", "trainers_with_rounds",
 ]
 
 TOPOLOGIES = ("full_mesh", "line", "star", "explicit")
@@ -88,6 +88,25 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Expect:
+    """What the scenario is meant to show ([expect]); None / empty: not stated. The runner measures
+    each stated one and the run passes when every one is met (runner.evaluate_expectations)."""
+
+    all_delivered: bool | None = None           # every flow reached all its receivers
+    exactly_once: bool | None = None            # no receiver got a packet twice
+    delivery_ratio_min: float | None = None     # the lowest receiver delivery ratio is at least this
+    receiver_ratio_min: Mapping[str, float] = field(default_factory=dict)   # receiver -> its lowest ratio
+    workers_done: bool | None = None            # every trainer worker with rounds > 0 reached "done"
+    accuracy_min: Mapping[str, float] = field(default_factory=dict)         # "node/worker" -> final accuracy
+
+    def stated(self) -> bool:
+        return any(getattr(self, f.name) not in (None, {}) for f in fields(self))
+
+
+EXPECT_KEYS = tuple(f.name for f in fields(Expect))
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     seed: int
@@ -100,6 +119,7 @@ class Scenario:
     defaults: Mapping[str, Any] = field(default_factory=dict)   # [limits] for every node
     listen_port: int = 7000
     source: Path | None = None      # the file it came from: relative paths in worker settings resolve there
+    expect: Expect | None = None    # [expect]; None: the scenario states no expectation
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -249,7 +269,8 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario", source: P
 
 def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
     top = _Reader(data, "")
-    top.only("name", "seed", "listen_port", "defaults", "profiles", "nodes", "topology", "traffic", "events", "stop")
+    top.only("name", "seed", "listen_port", "defaults", "profiles", "nodes", "topology", "traffic", "events", "stop",
+             "expect")
     name = top.get("name", str, default_name)
     seed = top.get("seed", int, 0, check=_at_least(0))
     listen_port = top.get("listen_port", int, 7000, check=lambda v: None if 1 <= v <= 65535 else "must be 1..65535")
@@ -364,9 +385,7 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
                 stop_r.get("settle", float, 0.0, check=_at_least(0.0)))
     if stop.when == "delivered" and not flows:
         raise ScenarioError("stop.when", "\"delivered\" needs at least one [[traffic]] flow")
-    if stop.when == "workers_done" and not any(
-            w["type"] == "trainer" and isinstance(w["settings"].get("rounds"), int) and w["settings"]["rounds"] > 0
-            for n in nodes for w in n.workers):
+    if stop.when == "workers_done" and not trainers_with_rounds(nodes):
         raise ScenarioError("stop.when", "\"workers_done\" needs a trainer worker with settings.rounds > 0")
 
     events: list[Event] = []
@@ -395,8 +414,51 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
     for i, e in enumerate(events):
         if e.at > stop.time:
             raise ScenarioError(f"events[{i}].at", f"{e.at} is after stop.time {stop.time}")
+    expect = _expect(top.table("expect"), nodes, flows) if "expect" in top.data else None
     return Scenario(name, seed, tuple(nodes), tuple(links), profiles, tuple(flows), tuple(events), stop,
-                    default_limits, listen_port)
+                    default_limits, listen_port, expect=expect)
+
+
+def _ratio(v: float) -> str | None:
+    return None if 0.0 <= v <= 1.0 else f"must be in 0..1, got {v}"
+
+
+def trainers_with_rounds(nodes: Sequence[NodeSpec]) -> list[tuple[str, str]]:
+    """(node, worker) of every trainer that stops after a number of rounds: the ones that can be done."""
+    return [(n.name, w["name"]) for n in nodes for w in n.workers
+            if w["type"] == "trainer" and isinstance(w["settings"].get("rounds"), int) and w["settings"]["rounds"] > 0]
+
+
+def _expect(r: _Reader, nodes: list[NodeSpec], flows: list[Flow]) -> Expect:
+    r.only(*EXPECT_KEYS)
+    if not r.data:
+        raise ScenarioError(r.path, f"states nothing; give at least one of {', '.join(EXPECT_KEYS)} (or leave "
+                                    "the table out)")
+    for key in ("all_delivered", "exactly_once", "delivery_ratio_min", "receiver_ratio_min"):
+        if key in r.data and not flows:
+            raise ScenarioError(r.key(key), "needs at least one [[traffic]] flow to measure")
+    receivers = {x for f in flows for x in f.receivers}
+    per_receiver: dict[str, float] = {}
+    table = r.table("receiver_ratio_min", default={})
+    for name in table.data:
+        if name not in receivers:
+            raise ScenarioError(table.key(name), f"{name!r} receives no flow; receivers: "
+                                                 f"{', '.join(sorted(receivers)) or 'none'}")
+        per_receiver[name] = table.get(name, float, check=_ratio)
+    workers = {f"{n.name}/{w['name']}" for n in nodes for w in n.workers}
+    per_worker: dict[str, float] = {}
+    table = r.table("accuracy_min", default={})
+    for name in table.data:
+        if name not in workers:
+            raise ScenarioError(table.key(name), f"no worker {name!r} (give \"node/worker\"); workers: "
+                                                 f"{', '.join(sorted(workers)) or 'none'}")
+        per_worker[name] = table.get(name, float, check=_ratio)
+    workers_done = r.get("workers_done", bool, None)
+    if workers_done is not None and not trainers_with_rounds(nodes):
+        raise ScenarioError(r.key("workers_done"), "needs a trainer worker with settings.rounds > 0")
+    return Expect(all_delivered=r.get("all_delivered", bool, None), exactly_once=r.get("exactly_once", bool, None),
+                  delivery_ratio_min=r.get("delivery_ratio_min", float, None, check=_ratio),
+                  receiver_ratio_min=per_receiver, workers_done=workers_done, accuracy_min=per_worker)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -674,7 +674,8 @@ class TrainerWorker(TaskWorker):
         self.ctx.metrics.inc("classified", len(texts))
         return {"worker": self.name, "task": self.cfg.task, "role": "trainer", "classes": list(pred.classes),
                 "labels": [pred.classes[int(i)] for i in pred.probs.argmax(axis=1)],
-                "scores": [[round(float(v), 6) for v in row] for row in pred.probs], "accuracy": pred.accuracy,
+                "scores": [[round(float(v), 6) for v in row] for row in pred.probs], "score_kind": "probability",
+                "accuracy": pred.accuracy,
                 "round": pred.position.round, "base": pred.position.base.hex()}
 
     # ------------------------------------------------------------------------------------ status

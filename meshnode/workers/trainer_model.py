@@ -243,7 +243,7 @@ class LoraModel:
             for n, p in self.params.items():
                 p.copy_(torch.from_numpy(np.ascontiguousarray(tensors[n])).to(p.device, p.dtype))
 
-    def predict(self, texts: list[str], batch: int = 64) -> np.ndarray:
+    def predict(self, texts: list[str], batch: int = 16) -> np.ndarray:
         """Class probabilities of `texts` (eval mode, no gradients)."""
         torch = self.torch
         self.model.eval()

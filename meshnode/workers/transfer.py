@@ -360,10 +360,13 @@ class TransferWorker(TaskWorker):
     async def _publish_round(self) -> None:
         ctx, cfg = self.ctx, self.cfg
         assert self._exp is not None and self._teacher is not None and self._digest is not None
-        # A round asked for by students carries only what they asked for: predictions for students
-        # without a map; the probe (or prototypes) and the anchor vectors for students with one. A
-        # periodic round carries every form, and anchors only when send_anchors is "always".
-        wants = set(self._pending.values())
+        # A round carries only what students asked for: predictions for students without a map; the
+        # probe (or prototypes) and the anchor vectors for students with one. A periodic round serves
+        # the students heard so far the same way (every form to students that need a few kB of
+        # predictions cost them 20-70x the route's bytes: issue 18). With no student heard yet it
+        # carries every form, anchors only when send_anchors is "always": a student whose anchors or
+        # space do not match is never heard, and learns why from the refusal this round gives it.
+        wants = set(self._pending.values()) or set(self._students.values())
         self._pending.clear()
         forms = set(cfg.knowledge)
         wants_anchors = cfg.send_anchors == "always"
@@ -741,7 +744,8 @@ class TransferWorker(TaskWorker):
         labels = [classes[int(i)] for i in scores.argmax(axis=1)]
         out = {"worker": self.name, "task": self.cfg.task, "role": self.cfg.role, "classes": list(classes),
                "labels": labels, "scores": [[round(float(v), 6) for v in row] for row in scores],
-               "accuracy": self._accuracy}
+               # a frozen probe's outputs are regression scores (they can be negative or above 1)
+               "score_kind": "score", "accuracy": self._accuracy}
         if self._adopted is not None:
             out["teacher"] = self._adopted["teacher"]
         return out

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(300)
 
 TINY = Sizes(name="tiny", labelled_rows=200, anchors=160, eval_rows=120, trainer_rounds=6, trainer_steps=8,
              trainer_batch=16, trainer_lr=3e-2, learner_rounds=12, learner_steps=8, learner_batch=16,
-             learner_lr=1e-2, max_length=16, eval_every=1, lora_rank=4,
+             learner_lr=1e-2, max_length=16, eval_every=1, learner_eval_every=1, lora_rank=4,
              # one teacher version, at the trainers' last round: what the learners learn does not depend
              # on how versions interleave with their rounds (real compute time, so the machine's load)
              publish_every=6, publish_margin=1.0, min_republish_gap=0.5,

@@ -44,6 +44,8 @@ class FakeLearner(TaskWorker):
         await self.ctx.clock.sleep(self.settings.get("start", 0.0))
         for value in self.values:
             self.accuracy = value
+            self.ctx.metrics.inc("rounds")
+            self.ctx.metrics.inc("bytes_sent", 1000)
             await self.ctx.clock.sleep(self.settings["step"])
 
     def status(self) -> dict[str, Any]:
@@ -142,26 +144,35 @@ def test_summary_table_and_plot_panel(tmp_path: Path) -> None:
     out = io.StringIO()
     print_summary(report, Console(file=out, width=160, color_system=None))
     text = out.getvalue()
-    assert "accuracy" in text
-    row = next(line for line in text.splitlines() if "tiny-bert" in line)
-    assert "a" in row and "tr" in row and "0.2500" in row and "0.7500" in row and " 4 " in row + " "
+    assert "workers" in text and "accuracy first" in text
+    # node, worker, type, model, state (the worker's own), rounds, bytes sent, received, first, final
+    row = [c.strip() for c in next(line for line in text.splitlines() if "tiny-bert" in line).split("│")[1:-1]]
+    assert row == ["a", "tr", FAKE_TYPE, "tiny-bert", "running", "7", "7.0 KB", "-", "0.2500", "0.7500"]
+    student = [c.strip() for c in next(line for line in text.splitlines() if "tiny-gpt2" in line).split("│")[1:-1]]
+    assert student[:4] == ["b", "st", f"{FAKE_TYPE} (student)", "tiny-gpt2"] and student[-1] == "0.8000"
+    beat = [c.strip() for c in next(line for line in text.splitlines() if " beat " in line and "heartbeat" in line)
+            .split("│")[1:-1]]
+    assert beat[2] == "heartbeat-vectors" and beat[-2:] == ["-", "-"]     # no accuracy, none made up
     write_report(report, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["nodes"]["b"]["accuracy"]["st"]["final"] == 0.8
     plot_report(report, tmp_path / "p.png")
     png = (tmp_path / "p.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    # the accuracy panel makes the figure taller than the bytes plot alone (10 x 5 in at 100 dpi)
-    height = int.from_bytes(png[20:24], "big")
-    assert height == 800
+    # the accuracy panel (3 in at 100 dpi) below the two links' panels
+    plot_report({**report, "nodes": {n: {**v, "accuracy": {}} for n, v in report["nodes"].items()}},
+                tmp_path / "without.png")
+    without = int.from_bytes((tmp_path / "without.png").read_bytes()[20:24], "big")
+    assert int.from_bytes(png[20:24], "big") == without + 300
 
 
 def test_summary_and_plot_without_accuracy_are_as_before(tmp_path: Path) -> None:
     report = run_scenario(scenario(nodes=[{"name": "a"}, {"name": "b"}], stop={"time": 3}))
     out = io.StringIO()
     print_summary(report, Console(file=out, width=160, color_system=None))
-    assert "accuracy" not in out.getvalue()
+    assert "accuracy" not in out.getvalue()                  # no workers table, no accuracy columns
     plot_report(report, tmp_path / "p.png")
-    assert int.from_bytes((tmp_path / "p.png").read_bytes()[20:24], "big") == 500
+    # a title and legend band (0.6 in) and one row of 2.2 in: the two directions of the one link
+    assert int.from_bytes((tmp_path / "p.png").read_bytes()[20:24], "big") == 280
 
 
 def test_a_full_series_halves_its_resolution_and_keeps_the_newest_value() -> None:
@@ -182,3 +193,14 @@ def test_unusable_accuracy_values_are_skipped() -> None:
                 {"accuracy": True}, {"accuracy": "0.9"}, None)
     assert [_accuracy_of(x) for x in statuses] == [0.5, 1.0, None, None, None, None, None, None]
 
+
+
+def test_accuracy_expectations_judge_the_final_accuracy() -> None:
+    report = run_scenario(scenario(expect={"accuracy_min": {"a/tr": 0.7, "b/st": 0.9}}))
+    got = {e["key"]: (e["measured"], e["met"]) for e in report["expectations"]}
+    assert got == {"accuracy_min.a/tr": (0.75, True), "accuracy_min.b/st": (0.8, False)}
+    assert report["verdict"] == {"expectations_stated": True, "passed": False,
+                                 "reason": "1 of 2 expectations NOT met: accuracy_min.b/st"}
+    out = io.StringIO()
+    print_summary(report, Console(file=out, width=160, color_system=None))
+    assert "1 of 2 expectations NOT met: accuracy_min.b/st: exit 1" in out.getvalue()

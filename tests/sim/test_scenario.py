@@ -30,6 +30,19 @@ def test_shipped_scenarios_load() -> None:
     lora = load_scenario(SCENARIOS / "lora-line-partition.toml")
     assert len(lora.nodes) == 5 and {link.profile for link in lora.links} == {"lora"}
     assert [e.action for e in lora.events] == ["cut", "restore"]
+    # it loses packets on purpose, and says so
+    assert lora.expect is not None and lora.expect.all_delivered is False
+    assert all(load_scenario(f).expect is not None for f in files)
+
+
+def test_the_shipped_partition_scenario_meets_its_expectations_and_exits_0(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["sim", str(SCENARIOS / "lora-line-partition.toml"), "--quiet", "--report",
+                                       str(tmp_path / "r.json")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert not report["checks"]["all_delivered"]                     # it lost packets, as it should
+    assert report["verdict"]["passed"] and all(e["met"] for e in report["expectations"])
+    assert "all 5 expectations met: exit 0" in result.output
 
 
 def test_topologies() -> None:

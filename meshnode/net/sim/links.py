@@ -35,6 +35,8 @@ from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from .kinds import KINDS
+
 __all__ = [
     "DATAGRAM", "PRESETS", "RELIABLE", "DirectedLink", "GilbertElliott", "LatencyHistogram", "LinkProfile",
     "LinkStats", "derive_rng", "preset",
@@ -286,12 +288,28 @@ class LinkStats:
     dropped: Counter[str] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     bytes_per_second: Counter[int] = field(default_factory=Counter)   # delivered payload bytes by sim second
+    # Delivered payload by packet kind (kinds.KINDS: a fixed set, so these stay bounded). The
+    # transport attributes every delivered byte, so the kinds' bytes add up to bytes_delivered;
+    # packets here are meshnode packets (frames) whose last byte was delivered, not segments.
+    kind_bytes: Counter[str] = field(default_factory=Counter)
+    kind_packets: Counter[str] = field(default_factory=Counter)
+    kind_bytes_per_second: dict[str, Counter[int]] = field(default_factory=dict)
 
     def delivered(self, nbytes: int, latency: float, now: float) -> None:
         self.packets_delivered += 1
         self.bytes_delivered += nbytes
         self.latency.add(latency)
         self.bytes_per_second[int(now)] += nbytes
+
+    def delivered_kind(self, kind: str, nbytes: int, packets: int, now: float) -> None:
+        """`nbytes` of what `delivered` counted belonged to packets of `kind`, `packets` of which ended."""
+        self.kind_bytes[kind] += nbytes
+        if packets:
+            self.kind_packets[kind] += packets
+        per_second = self.kind_bytes_per_second.get(kind)
+        if per_second is None:
+            per_second = self.kind_bytes_per_second[kind] = Counter()
+        per_second[int(now)] += nbytes
 
     def to_dict(self) -> dict[str, Any]:
         unique = self.packets_sent
@@ -305,6 +323,8 @@ class LinkStats:
             "delivery_ratio": None if unique == 0 else round(
                 min(self.packets_delivered - self.duplicated, unique) / unique, 6),
             "latency_ms": self.latency.summary_ms(),
+            "kinds": {k: {"bytes": self.kind_bytes[k], "packets": self.kind_packets[k]}
+                      for k in KINDS if self.kind_bytes[k] or self.kind_packets[k]},
         }
 
 

@@ -22,6 +22,10 @@ Back-pressure: `drain()` waits while the link's bottleneck holds more than `queu
 the socket send buffer) or `queue_bytes / 2` (datagram: room for the next frame; a frame that does
 not fit in what is left is tail-dropped).
 
+Every delivered byte is also counted by packet kind (kinds.py; LinkStats.kind_bytes): a datagram is
+one frame, classified from its header as it arrives; a reliable pipe notes the frame boundaries and
+kinds of what is written (StreamKinds) and splits each delivered segment along them.
+
 Connection setup takes a round trip (SYN, SYN-ACK) over the same links, with loss: a lost handshake
 is retried after 1 s, 2 s, 4 s... (RFC 6298's initial RTO) until the dial timeout. No listener on the
 port: "connection refused" after a round trip. A crashed host answers nothing; once it is back, the
@@ -41,6 +45,7 @@ from ...identity import NodeIdentity
 from ...wire.errors import FrameError
 from ...wire.frames import FrameDecoder, encode_frame
 from ..transport import StreamHandler, TransportError
+from .kinds import StreamKinds, frame_kind
 from .links import DATAGRAM, DirectedLink, LinkProfile, derive_rng
 
 __all__ = ["SimListener", "SimNetwork", "SimStream", "SimTransport"]
@@ -420,6 +425,12 @@ class _Pipe:
         self._seq = 0
         self.last_arrival = 0.0
         self.decoder = FrameDecoder(0xFFFFFFFF) if self.datagram else None
+        # The sending node's id tells its own hellos from the member announcements it relays.
+        identity = network.hosts[src].identity
+        self.sender = identity.node_id if identity is not None else None
+        # reliable: which packet kind each written byte belongs to, so delivered segments (cut anywhere
+        # in the stream) are split by kind; a datagram is one whole frame and is classified as it arrives
+        self.kinds = StreamKinds(self.sender) if not self.datagram else None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.dead: str | None = None       # the far end crashed: what is sent vanishes
@@ -441,6 +452,8 @@ class _Pipe:
             for frame in frames:
                 self._datagram(now, encode_frame(frame))
             return
+        assert self.kinds is not None
+        self.kinds.wrote(data)
         if self.pending or not self.net.path_up(self.src, self.dst):
             self.pending += data
             return
@@ -535,6 +548,7 @@ class _Pipe:
                     continue
                 if data is not _FIN:
                     stats.delivered(len(data), now - sent_at, now)
+                    stats.delivered_kind(frame_kind(data[:76], self.sender), len(data), 1, now)
                 sink._receive(data)
         elif up:
             inflight = self.inflight
@@ -544,6 +558,9 @@ class _Pipe:
                     self.net._pipes.pop(self, None)       # nothing follows a FIN: done with this pipe
                 else:
                     stats.delivered(len(data), now - sent_at, now)
+                    assert self.kinds is not None
+                    for kind, nbytes, packets in self.kinds.take(len(data)):
+                        stats.delivered_kind(kind, nbytes, packets, now)
                 sink._receive(data)
         else:
             return                          # held until the path is back (resume)
@@ -584,6 +601,8 @@ class _Pipe:
         self.inflight.clear()
         self.heap.clear()
         self.pending.clear()
+        if self.kinds is not None:
+            self.kinds.clear()
         self.fin_pending = False
         if self.timer is not None:
             self.timer.cancel()

@@ -1,0 +1,127 @@
+"""What the simulated links carry, by packet kind: "this link spent 80% of its bytes on hellos" reads
+straight from the report. Sans-IO, and cheap: only the frame length prefix and the packet header's
+kind byte (and, for a hello, its origin) are looked at; bodies are never decoded.
+
+A frame on the wire (SPEC §1, §2) starts:
+
+    offset 0   u32 frame length
+    offset 4   magic "MNPK", major, minor
+    offset 10  kind (Kind in wire/packet.py)
+    offset 44  origin (32 bytes), to offset 76
+
+Kinds are the wire kinds by name, plus two of our own: "members", a hello whose origin is not the
+node that sent it over this link (a relayed hello: a member announcement), told apart from the
+sender's own "hello" because a mesh that churns sends far more of them; and "other", bytes that are
+not a recognisable packet. A fragment is "fragment" whatever it is a piece of (that is in its body).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+from ...wire.packet import MAGIC, Kind
+
+__all__ = ["KINDS", "StreamKinds", "frame_kind"]
+
+_KIND_AT: Final = 10                   # in a framed packet: 4 (length) + 6
+_ORIGIN_AT: Final = 44                 # 4 + 40
+_HEAD: Final = 76                      # bytes of a frame needed to classify it: up to the end of the origin
+_NAMES: Final[dict[int, str]] = {k.value: k.name.lower() for k in Kind}
+
+# Every kind a link can report, in the order reports and plots list them. Fixed, so the per-link maps
+# stay bounded whatever the peers send.
+KINDS: Final[tuple[str, ...]] = (*_NAMES.values(), "members", "other")
+
+
+def frame_kind(head: bytes | bytearray | memoryview, sender: bytes | None = None) -> str:
+    """The kind of the frame whose first bytes (its length prefix included) are `head`. With fewer
+    than 11 bytes the kind is not known yet: "other". A hello is "members" when its origin is known
+    (76 bytes) and is not `sender`."""
+    if len(head) <= _KIND_AT or bytes(head[4:8]) != MAGIC:
+        return "other"
+    kind = _NAMES.get(head[_KIND_AT], "other")
+    if kind == "hello" and sender is not None and len(head) >= _HEAD and bytes(head[_ORIGIN_AT:_HEAD]) != sender:
+        return "members"
+    return kind
+
+
+class StreamKinds:
+    """The kinds of one connection's byte stream (reliable mode), to attribute delivered segments,
+    which cut frames anywhere, to the packets they carry. `wrote(data)` as the writer writes (in order),
+    `take(n)` as n bytes are delivered (in order, never more than was written). Holds one small run
+    per frame written and not yet delivered."""
+
+    __slots__ = ("_done", "_head", "_runs", "_size", "sender")
+
+    def __init__(self, sender: bytes | None = None) -> None:
+        self.sender = sender
+        self._runs: deque[list[object]] = deque()   # [kind, bytes not yet delivered, ends a packet]
+        self._head = bytearray()                     # the current frame's first bytes (up to _HEAD)
+        self._size: int | None = None                # the current frame's size, prefix included
+        self._done = 0                               # bytes of the current frame written so far
+
+    def wrote(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            part = 0
+            if self._size is None:
+                take = min(4 - len(self._head), end - pos)
+                self._head += view[pos:pos + take]
+                pos += take
+                self._done += take
+                part = take
+                if len(self._head) < 4:
+                    # A length prefix split across writes (a meshnode node writes whole frames, so
+                    # this is someone else's writer): its bytes are "other".
+                    self._runs.append(["other", part, False])
+                    return
+                # a frame of length 0 is invalid: count its prefix as a frame of its own
+                self._size = 4 + int.from_bytes(self._head[:4], "little")
+            more = min(end - pos, self._size - self._done)
+            room = _HEAD - len(self._head)
+            if room > 0:
+                self._head += view[pos:pos + min(more, room)]
+            pos += more
+            self._done += more
+            part += more
+            finished = self._done == self._size
+            # Bytes of a frame whose header is cut by the end of a write get the kind known so far.
+            self._runs.append([frame_kind(self._head, self.sender), part, finished])
+            if finished:
+                self._head = bytearray()
+                self._size = None
+                self._done = 0
+
+    def take(self, nbytes: int) -> list[tuple[str, int, int]]:
+        """Attribute `nbytes` delivered bytes: [(kind, bytes, packets completed)] in stream order."""
+        out: dict[str, list[int]] = {}
+        runs = self._runs
+        while runs and (nbytes > 0 or runs[0][1] == 0):
+            run = runs[0]
+            left = run[1]
+            assert isinstance(left, int)
+            k = min(nbytes, left)
+            run[1] = left - k
+            nbytes -= k
+            entry = out.setdefault(str(run[0]), [0, 0])
+            entry[0] += k
+            if run[1] == 0:
+                runs.popleft()
+                if run[2]:
+                    entry[1] += 1
+        if nbytes > 0:                       # more delivered than written: cannot happen; never lose count
+            out.setdefault("other", [0, 0])[0] += nbytes
+        return [(kind, b, p) for kind, (b, p) in out.items()]
+
+    def clear(self) -> None:
+        """The connection is gone: nothing written will be delivered."""
+        self._runs.clear()
+        self._head = bytearray()
+        self._size = None
+        self._done = 0
+
+    @property
+    def undelivered(self) -> int:
+        return sum(int(run[1]) for run in self._runs)  # type: ignore[call-overload]
