@@ -174,7 +174,7 @@ def write_result(path: Path, result: Outcome, history: History, plan: DemoPlan, 
                            "alone": n.alone, "bytes_sent": n.bytes_sent, "bytes_received": n.bytes_received,
                            "delta_bytes": n.delta_bytes, "fp32_delta_bytes": n.fp32_bytes}
                   for n in result.nodes.values()},
-        "accuracy_over_time": {k: [[t, a, b] for t, a, b in v] for k, v in history.accuracy.items()},
+        "accuracy_over_time": {k: [[t, a, b] for t, a, b in v] for k, v in history.curves().items()},
     }
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return doc
@@ -190,7 +190,8 @@ def plot(history: History, path: Path, *, title: str, time_unit: str) -> None:
 
     fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = {"m1": "tab:blue", "m2": "tab:cyan", "s1": "tab:red", "s2": "tab:orange"}
-    for key, points in history.accuracy.items():
+    styles = {"m2": ":", "s2": ":"}   # m1 and m2 (s1 and s2) end every round with one adapter: both lines show
+    for key, points in history.curves().items():
         node, worker = key.split("/", 1)
         if not points:
             continue
@@ -199,9 +200,10 @@ def plot(history: History, path: Path, *, title: str, time_unit: str) -> None:
             ax_t.step(ts, accs, where="post", linestyle="--", color=colours.get(worker, "grey"), alpha=0.7,
                       label=f"{worker} alone (own shard only)")
             continue
-        ax_t.step(ts, accs, where="post", color=colours.get(node), label=node, marker="o", markersize=3)
-        ax_b.step([b / 1e6 for b in wire], accs, where="post", color=colours.get(node), label=node, marker="o",
-                  markersize=3)
+        style = {"color": colours.get(node), "label": node, "marker": "o", "markersize": 3,
+                 "linestyle": styles.get(node, "-"), "linewidth": 2.5 if node in styles else 1.5}
+        ax_t.step(ts, accs, where="post", **style)
+        ax_b.step([b / 1e6 for b in wire], accs, where="post", **style)
     ax_t.set_xlabel(time_unit)
     ax_b.set_xlabel("the node's wire bytes so far, sent + received (MB)")
     for ax in (ax_t, ax_b):

@@ -119,3 +119,15 @@ class History:
                 points = self.accuracy.setdefault(f"{node.name}/{w.name}", [])
                 if not points or points[-1][1] != w.accuracy:
                     points.append((round(snap.time, 2), w.accuracy, wire))
+
+    def curves(self) -> dict[str, list[tuple[float, float, int]]]:
+        """The accuracy series, each carried on to the last snapshot (its time and the node's bytes
+        then), so a step plot shows how long a value held and what the node spent meanwhile."""
+        out = {k: list(v) for k, v in self.accuracy.items()}
+        if self.last is None:
+            return out
+        for key, points in out.items():
+            node = self.last.nodes.get(key.split("/", 1)[0])
+            if points and node is not None and node.up and points[-1][0] < self.last.time:
+                points.append((round(self.last.time, 2), points[-1][1], node.bytes_sent + node.bytes_received))
+        return out

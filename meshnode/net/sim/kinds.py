@@ -46,6 +46,17 @@ def frame_kind(head: bytes | bytearray | memoryview, sender: bytes | None = None
     return kind
 
 
+class _Run:
+    """Consecutive bytes of one frame in one write: mutable, as they are delivered a piece at a time."""
+
+    __slots__ = ("ends", "kind", "left")
+
+    def __init__(self, kind: str, left: int, ends: bool) -> None:
+        self.kind = kind
+        self.left = left          # bytes not delivered yet
+        self.ends = ends          # the frame's last byte is in this run
+
+
 class StreamKinds:
     """The kinds of one connection's byte stream (reliable mode), to attribute delivered segments,
     which cut frames anywhere, to the packets they carry. `wrote(data)` as the writer writes (in order),
@@ -56,7 +67,7 @@ class StreamKinds:
 
     def __init__(self, sender: bytes | None = None) -> None:
         self.sender = sender
-        self._runs: deque[list[object]] = deque()   # [kind, bytes not yet delivered, ends a packet]
+        self._runs: deque[_Run] = deque()
         self._head = bytearray()                     # the current frame's first bytes (up to _HEAD)
         self._size: int | None = None                # the current frame's size, prefix included
         self._done = 0                               # bytes of the current frame written so far
@@ -75,7 +86,7 @@ class StreamKinds:
                 if len(self._head) < 4:
                     # A length prefix split across writes (a meshnode node writes whole frames, so
                     # this is someone else's writer): its bytes are "other".
-                    self._runs.append(["other", part, False])
+                    self._runs.append(_Run("other", part, False))
                     return
                 # a frame of length 0 is invalid: count its prefix as a frame of its own
                 self._size = 4 + int.from_bytes(self._head[:4], "little")
@@ -88,7 +99,7 @@ class StreamKinds:
             part += more
             finished = self._done == self._size
             # Bytes of a frame whose header is cut by the end of a write get the kind known so far.
-            self._runs.append([frame_kind(self._head, self.sender), part, finished])
+            self._runs.append(_Run(frame_kind(self._head, self.sender), part, finished))
             if finished:
                 self._head = bytearray()
                 self._size = None
@@ -98,18 +109,16 @@ class StreamKinds:
         """Attribute `nbytes` delivered bytes: [(kind, bytes, packets completed)] in stream order."""
         out: dict[str, list[int]] = {}
         runs = self._runs
-        while runs and (nbytes > 0 or runs[0][1] == 0):
+        while runs and (nbytes > 0 or runs[0].left == 0):
             run = runs[0]
-            left = run[1]
-            assert isinstance(left, int)
-            k = min(nbytes, left)
-            run[1] = left - k
+            k = min(nbytes, run.left)
+            run.left -= k
             nbytes -= k
-            entry = out.setdefault(str(run[0]), [0, 0])
+            entry = out.setdefault(run.kind, [0, 0])
             entry[0] += k
-            if run[1] == 0:
+            if run.left == 0:
                 runs.popleft()
-                if run[2]:
+                if run.ends:
                     entry[1] += 1
         if nbytes > 0:                       # more delivered than written: cannot happen; never lose count
             out.setdefault("other", [0, 0])[0] += nbytes
@@ -124,4 +133,4 @@ class StreamKinds:
 
     @property
     def undelivered(self) -> int:
-        return sum(int(run[1]) for run in self._runs)  # type: ignore[call-overload]
+        return sum(run.left for run in self._runs)
