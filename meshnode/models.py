@@ -205,10 +205,14 @@ def quiet_transformers() -> None:
     """Keep transformers' load reports ("LOAD REPORT ... MISSING") and tqdm bars out of a daemon's log:
     they are for notebooks, fill the log at every start, and bury the lines an operator needs. Its
     errors still show. Process-wide, as transformers' verbosity is."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # its deprecation notices about its own internals ("is_gradient_checkpointing is deprecated")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
 
 
 def checkpoint_path(spec: str, *, cache_dir: Path | None = None) -> tuple[Path | str, ModelSource]:
