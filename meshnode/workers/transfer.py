@@ -73,6 +73,8 @@ __all__ = ["MAX_CLASSIFY_CHARS", "MAX_CLASSIFY_TEXTS", "TransferWorker"]
 
 _PACKET_BUDGET = 3_500_000   # bytes of one knowledge body: well under 4 MiB with headers
 _STALE_ASSEMBLY_S = 600.0    # an incomplete teacher version with no progress for this long is dropped
+# How long a teacher listens for students before its first round (see _teacher_main).
+_FIRST_ROUND_WAIT_S = 12.0
 RESULT_JSON = "result.json"
 RECEIVED = "received.safetensors"
 _MAX_STUDENTS = 1024        # students whose last request a teacher remembers (one entry per node id)
@@ -300,6 +302,11 @@ class TransferWorker(TaskWorker):
         else:
             await ctx.run_blocking(self._prepare_teacher)
             ctx.subscribe(cfg.topic, self._on_teacher_packet)
+            if not self._pending:
+                # Students say hello every announce_interval (10 s by default) until they adopt: wait
+                # for one before the first round, so that it carries what they ask for (a few kB of
+                # predictions) instead of every form (20-70x that). A hello ends the wait at once.
+                await self.sleep_or_wake(_FIRST_ROUND_WAIT_S, self._wake)
         self._state = "publishing"
         ctx.logger.info("transfer %s: teacher of %r ready (digest %s)", self.name, self.cfg.task,
                         self._digest.hex()[:16] if self._digest else "-")

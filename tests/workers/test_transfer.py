@@ -186,6 +186,23 @@ async def test_students_of_other_architectures_learn_the_task_from_a_bert_teache
 
 
 @aio
+async def test_a_student_that_needs_predictions_is_sent_predictions_only(world, tmp_path) -> None:
+    # the student is up first and says hello every 0.3 s: the teacher hears it before its first round
+    # (it listens up to 12 s for one), which then carries what the student asked for, not every form
+    # (20-70x the bytes of its route: issue 18)
+    gpt2 = make_node(world, tmp_path, "gpt2", student_settings(world, "gpt2"), seed=2)
+    async with running(gpt2):
+        teacher = make_node(world, tmp_path, "teacher", teacher_settings(world), static=[f"127.0.0.1:{gpt2.port}"],
+                            seed=1)
+        async with running(teacher):
+            await wait_for(lambda: wstatus(gpt2)["state"] == "adopted", "the student to adopt", timeout=60)
+            metrics = teacher.workers()[0]["metrics"]
+            assert metrics.get("published.predictions", 0) >= 1
+            assert not {k for k in metrics if k.startswith("published.") and k != "published.predictions"}, metrics
+            g = wstatus(gpt2)
+            assert g["form"] == "predictions" and g["bytes_received_total"] <= 2 * g["bytes_received"]
+
+
 async def test_mismatched_anchor_set_and_dimension_are_refused_with_a_reason(world, tmp_path) -> None:
     teacher = make_node(world, tmp_path, "teacher", teacher_settings(world, send_anchors="always"), seed=5)
     async with running(teacher):
