@@ -56,6 +56,16 @@ def check_installed(plan: DemoPlan) -> None:
             raise DemoNotInstalled(f"the {role}s' model: {e}: {INSTALL_HINT}") from None
 
 
+def _answers(sock: Path) -> bool:
+    from ..control import ControlError, query_sync
+
+    try:
+        query_sync(sock, "status", timeout=2.0)
+    except ControlError:
+        return False
+    return True
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -69,6 +79,11 @@ def _fresh_directory(directory: Path) -> None:
         if any(directory.iterdir()):
             if not (directory / MARKER).exists():
                 raise DemoFailed(f"{directory}: not empty and not made by `meshnode demo`; give another --dir")
+            running = [sock.parent.parent.name for sock in sorted(directory.glob("*/state/control.sock"))
+                       if _answers(sock)]
+            if running:
+                raise DemoFailed(f"{directory}: the daemons of an earlier demo still run ({', '.join(running)}); "
+                                 f"stop them first: pkill -f 'meshnode run --config {directory}'")
             for child in directory.iterdir():
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)

