@@ -203,6 +203,7 @@ async def test_a_student_that_needs_predictions_is_sent_predictions_only(world, 
             assert g["form"] == "predictions" and g["bytes_received_total"] <= 2 * g["bytes_received"]
 
 
+@aio
 async def test_mismatched_anchor_set_and_dimension_are_refused_with_a_reason(world, tmp_path) -> None:
     teacher = make_node(world, tmp_path, "teacher", teacher_settings(world, send_anchors="always"), seed=5)
     async with running(teacher):
