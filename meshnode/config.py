@@ -59,6 +59,7 @@ __all__ = [
     "parse_config",
     "parse_peer_address",
     "render_reference",
+    "toml_value",
     "workers_toml",
     "write_default_config",
 ]
@@ -119,7 +120,7 @@ class Setting:
         return self.default() if callable(self.default) else self.default
 
     def shown_default(self) -> str:
-        return self.default_doc if self.default_doc is not None else _toml_value(self.default)
+        return self.default_doc if self.default_doc is not None else toml_value(self.default)
 
 
 def _positive(v: Any) -> str | None:
@@ -628,7 +629,8 @@ def mdns_plan(config: Config) -> MdnsPlan:
 # ----------------------------------------------------------------------- writing and documenting
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """`v` as a TOML value (bool, number, string, list, inline table)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -636,9 +638,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return json.dumps(v)  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{}" if not v else "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        return "{}" if not v else "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
@@ -686,9 +688,9 @@ def default_config_text(
         for key, s in schema.items():
             out += _comment(s.doc)
             if key in active.get(section, {}):
-                out.append(f"{key} = {_toml_value(active[section][key])}")
+                out.append(f"{key} = {toml_value(active[section][key])}")
             else:
-                out.append(f"# {key} = {_toml_value(s.default_value())}")
+                out.append(f"# {key} = {toml_value(s.default_value())}")
     out += [
         "",
         "# Workers: one [[workers]] table each; `settings` is passed to the worker as is.",
@@ -706,9 +708,9 @@ def workers_toml(workers: list[Mapping[str, Any]]) -> str:
     """[[workers]] tables (name, type, settings) as TOML text, to append to a node.toml."""
     out: list[str] = []
     for w in workers:
-        out += ["", "[[workers]]", f"name = {_toml_value(w['name'])}", f"type = {_toml_value(w['type'])}",
+        out += ["", "[[workers]]", f"name = {toml_value(w['name'])}", f"type = {toml_value(w['type'])}",
                 "[workers.settings]"]
-        out += [f"{k} = {_toml_value(v)}" for k, v in (w.get("settings") or {}).items()]
+        out += [f"{k} = {toml_value(v)}" for k, v in (w.get("settings") or {}).items()]
     return "\n".join(out) + "\n"
 
 

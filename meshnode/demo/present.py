@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from ..sim.report import size_text
 from .plan import ALONE_NODE, MESH_NODES, DemoPlan
 from .watch import History, NodeView, Snapshot, WorkerView
 
@@ -23,14 +24,6 @@ __all__ = ["LEARN_MARGIN", "LiveView", "Outcome", "final_table", "outcome", "plo
 # default 200 eval rows one standard error of an accuracy near 0.6 is 3.5 points, so 5 points is
 # more than noise, and far less than what the loop gives when it works (docs/RESULTS.md).
 LEARN_MARGIN = 0.05
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def _acc(v: float | None) -> str:
@@ -89,8 +82,8 @@ class LiveView:
             acc = " ".join(f"{_acc(w.initial_accuracy)} -> {_acc(w.accuracy)}" for w in trainers)
             style = "dim" if name == ALONE_NODE else ""
             t.add_row(name, _model_name(self.plan.model_of(name)), roles[name], str(node.peers),
-                      "  ".join(_state(w) for w in node.workers) or "-", rnd, acc, _size(node.bytes_sent),
-                      _size(node.bytes_received), style=style)
+                      "  ".join(_state(w) for w in node.workers) or "-", rnd, acc, size_text(node.bytes_sent),
+                      size_text(node.bytes_received), style=style)
         return Group(f"[bold]{escape(self.title)}[/]  {snap.time:,.0f} s", t)
 
 
@@ -159,9 +152,9 @@ def final_table(result: Outcome) -> Table:
         gain = "" if n.before is None or n.after is None else f" ({(n.after - n.before) * 100:+.1f})"
         alone = _acc(n.alone) if n.alone is not None else "[dim]no labels[/]"
         ratio = f"{n.delta_bytes and n.fp32_bytes / n.delta_bytes:.1f}x smaller" if n.delta_bytes else "-"
-        deltas = f"{_size(n.delta_bytes)} ({_size(n.fp32_bytes)}, {ratio})" if n.delta_bytes else "-"
+        deltas = f"{size_text(n.delta_bytes)} ({size_text(n.fp32_bytes)}, {ratio})" if n.delta_bytes else "-"
         t.add_row(n.name, _model_name(n.model), n.role, _acc(n.before), f"[bold]{_acc(n.after)}[/]{gain}", alone,
-                  _size(n.bytes_sent), _size(n.bytes_received), deltas)
+                  size_text(n.bytes_sent), size_text(n.bytes_received), deltas)
     return t
 
 

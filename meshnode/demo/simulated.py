@@ -4,12 +4,12 @@ advances by the real compute time. The scenario is written as a file, so `meshno
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..config import toml_value
 from ..sim.runner import Progress, run_scenario
 from ..sim.scenario import load_scenario
 from .plan import ALONE_NODE, MESH_NODES, DemoPlan, write_data
@@ -20,33 +20,21 @@ __all__ = ["SIM_STOP_S", "run_simulated", "scenario_text"]
 SIM_STOP_S = 3 * 3600.0   # simulated seconds: a bound, not a target (the run stops when the trainers are done)
 
 
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
 def scenario_text(plan: DemoPlan, profile: str, seed: int = 0) -> str:
     """The plan as a `meshnode sim` scenario: the four mesh nodes fully linked with `profile`, the
     alone node with no link at all."""
     out = ["# Written by `meshnode demo --sim`: rerun it with `meshnode sim scenario.toml --plot r.png`.",
            f"name = \"demo-{profile}\"", f"seed = {seed}"]
     for name, workers in plan.workers().items():
-        out += ["", "[[nodes]]", f"name = {_value(name)}"]
+        out += ["", "[[nodes]]", f"name = {toml_value(name)}"]
         for w in workers:
-            out += ["[[nodes.workers]]", f"name = {_value(w['name'])}", f"type = {_value(w['type'])}",
+            out += ["[[nodes.workers]]", f"name = {toml_value(w['name'])}", f"type = {toml_value(w['type'])}",
                     "[nodes.workers.settings]"]
-            out += [f"{k} = {_value(v)}" for k, v in w["settings"].items()]
-    out += ["", "[topology]", 'kind = "explicit"', f"profile = {_value(profile)}"]
+            out += [f"{k} = {toml_value(v)}" for k, v in w["settings"].items()]
+    out += ["", "[topology]", 'kind = "explicit"', f"profile = {toml_value(profile)}"]
     for i, a in enumerate(MESH_NODES):
         for b in MESH_NODES[i + 1:]:
-            out += ["[[topology.links]]", f"a = {_value(a)}", f"b = {_value(b)}"]
+            out += ["[[topology.links]]", f"a = {toml_value(a)}", f"b = {toml_value(b)}"]
     out += ["", "[stop]", f"time = {SIM_STOP_S!r}", 'when = "workers_done"', "settle = 2", ""]
     return "\n".join(out)
 

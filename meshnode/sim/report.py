@@ -17,10 +17,11 @@ from rich.table import Table
 from ..net.sim.kinds import KINDS
 from .runner import Progress
 
-__all__ = ["MAX_LINK_PANELS", "LiveProgress", "plot_report", "print_summary", "write_report"]
+__all__ = ["MAX_LINK_PANELS", "LiveProgress", "plot_report", "print_summary", "size_text", "write_report"]
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
+    """Bytes in decimal units for people: 950 B, 12.3 KB, 4.5 MB."""
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -79,7 +80,7 @@ class LiveProgress:
                      f"simulated {p.time:,.1f} / {p.stop_time:,.0f} s", f"(wall {now - self._t0:.1f} s)")
         links = Table("link", "packets", "delivered", "bytes", "drops", "retrans", box=None, header_style="bold")
         for name, s in p.links.items():
-            links.add_row(name, f"{s['packets_sent']:,}", f"{s['packets_delivered']:,}", _size(s["bytes_delivered"]),
+            links.add_row(name, f"{s['packets_sent']:,}", f"{s['packets_delivered']:,}", size_text(s["bytes_delivered"]),
                           _drops(s["dropped"]), f"{s['retransmissions']:,}")
         parts: list[Any] = [head, links]
         for f in p.flows:
@@ -104,8 +105,8 @@ def print_summary(report: dict[str, Any], console: Console, *, wall_s: float | N
         prof = s["profile"]
         desc = f"{prof['mode']}, {prof['rate_bps'] / 1e3:,.0f} kbit/s" if prof["rate_bps"] else prof["mode"]
         ratio = "-" if s["delivery_ratio"] is None else f"{s['delivery_ratio']:.3f}"
-        links.add_row(name, desc, f"{s['packets_sent']:,} / {_size(s['bytes_sent'])}",
-                      f"{s['packets_delivered']:,} / {_size(s['bytes_delivered'])}", ratio, f"{s['retransmissions']:,}",
+        links.add_row(name, desc, f"{s['packets_sent']:,} / {size_text(s['bytes_sent'])}",
+                      f"{s['packets_delivered']:,} / {size_text(s['bytes_delivered'])}", ratio, f"{s['retransmissions']:,}",
                       _drops(s["dropped"]), _ms(s["latency_ms"]["p50"]), _ms(s["latency_ms"]["p99"]))
     console.print(links)
     kinds = _kinds_table(report)
@@ -118,7 +119,7 @@ def print_summary(report: dict[str, Any], console: Console, *, wall_s: float | N
         drops = {k[8:]: v for k, v in c.items() if k.startswith("dropped.")}
         workers = ", ".join(f"{w['name']} ({w['state']})" for w in n["workers"]) or "-"
         state = "" if n["running"] else " [red](down)[/]"
-        nodes.add_row(name + state, _size(n["bytes_sent"]), _size(n["bytes_received"]),
+        nodes.add_row(name + state, size_text(n["bytes_sent"]), size_text(n["bytes_received"]),
                       f"{c.get('links.opened', 0)}/{c.get('links.closed', 0)}", _drops(drops), escape(workers))
     console.print(nodes)
     workers_table = _workers_table(report)
@@ -207,8 +208,8 @@ def _kinds_table(report: dict[str, Any]) -> Table | None:
     for kind in (k for k in KINDS if k in total):
         b, n = total[kind]
         share = f"{100 * b / everything:.1f}%" if everything else "-"
-        cells = [_size(per_kind[kind]["bytes"]) if kind in per_kind else "-" for per_kind in links.values()]
-        t.add_row(kind, _size(b), share, f"{n:,}", *(cells if per_link else ()))
+        cells = [size_text(per_kind[kind]["bytes"]) if kind in per_kind else "-" for per_kind in links.values()]
+        t.add_row(kind, size_text(b), share, f"{n:,}", *(cells if per_link else ()))
     return t
 
 
@@ -253,7 +254,7 @@ def _count(v: Any) -> str:
 
 
 def _bytes(v: Any) -> str:
-    return _size(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+    return size_text(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
