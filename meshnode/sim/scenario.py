@@ -426,6 +426,18 @@ def trainers_with_rounds(nodes: Sequence[NodeSpec]) -> list[tuple[str, str]]:
             if w["type"] == "trainer" and isinstance(w["settings"].get("rounds"), int) and w["settings"]["rounds"] > 0]
 
 
+def _minimums(r: _Reader, key: str, known: set[str], unknown: str) -> dict[str, float]:
+    """A table of name -> a minimum in [0, 1], every name one of `known` (else `unknown`, formatted
+    with the name, followed by the known names)."""
+    out: dict[str, float] = {}
+    table = r.table(key, default={})
+    for name in table.data:
+        if name not in known:
+            raise ScenarioError(table.key(name), unknown.format(name) + (", ".join(sorted(known)) or "none"))
+        out[name] = table.get(name, float, check=_ratio)
+    return out
+
+
 def _expect(r: _Reader, nodes: list[NodeSpec], flows: list[Flow]) -> Expect:
     r.only(*EXPECT_KEYS)
     if not r.data:
@@ -435,21 +447,9 @@ def _expect(r: _Reader, nodes: list[NodeSpec], flows: list[Flow]) -> Expect:
         if key in r.data and not flows:
             raise ScenarioError(r.key(key), "needs at least one [[traffic]] flow to measure")
     receivers = {x for f in flows for x in f.receivers}
-    per_receiver: dict[str, float] = {}
-    table = r.table("receiver_ratio_min", default={})
-    for name in table.data:
-        if name not in receivers:
-            raise ScenarioError(table.key(name), f"{name!r} receives no flow; receivers: "
-                                                 f"{', '.join(sorted(receivers)) or 'none'}")
-        per_receiver[name] = table.get(name, float, check=_ratio)
+    per_receiver = _minimums(r, "receiver_ratio_min", receivers, "{!r} receives no flow; receivers: ")
     workers = {f"{n.name}/{w['name']}" for n in nodes for w in n.workers}
-    per_worker: dict[str, float] = {}
-    table = r.table("accuracy_min", default={})
-    for name in table.data:
-        if name not in workers:
-            raise ScenarioError(table.key(name), f"no worker {name!r} (give \"node/worker\"); workers: "
-                                                 f"{', '.join(sorted(workers)) or 'none'}")
-        per_worker[name] = table.get(name, float, check=_ratio)
+    per_worker = _minimums(r, "accuracy_min", workers, 'no worker {!r} (give "node/worker"); workers: ')
     workers_done = r.get("workers_done", bool, None)
     if workers_done is not None and not trainers_with_rounds(nodes):
         raise ScenarioError(r.key("workers_done"), "needs a trainer worker with settings.rounds > 0")
