@@ -213,8 +213,8 @@ def _worker_note(w: Mapping[str, Any], status: Mapping[str, Any]) -> str:
         at = f", the last at trainer round {_text(v.get('round'))}" if isinstance(v, Mapping) else ""
         notes.append(f"{status['versions']} versions published{at}; {_text(status.get('students'))} students")
     if status.get("role") == "student" and isinstance(status.get("teacher"), str):
-        notes.append(f"learns from teacher {status['teacher'][:16]} (its round {_text(status.get('teacher_round'))}, "
-                     f"{_text(status.get('form'))})")
+        at = f"its round {_text(status['teacher_round'])}, " if status.get("teacher_round") is not None else ""
+        notes.append(f"learns from teacher {status['teacher'][:16]} ({at}{_text(status.get('form'))})")
     refused = status.get("refused")
     if isinstance(refused, Mapping) and refused:
         notes.append("refused " + ", ".join(f"{k} {_text(v)}" for k, v in refused.items()))
