@@ -30,7 +30,7 @@ TINY = Sizes(name="tiny", labelled_rows=200, anchors=160, eval_rows=120, trainer
              # one teacher version, at the trainers' last round: what the learners learn does not depend
              # on how versions interleave with their rounds (real compute time, so the machine's load)
              publish_every=6, publish_margin=1.0, min_republish_gap=0.5,
-             hello_interval=0.5, join_wait=0.5, announce_interval=0.5, round_deadline=60, dim=1024)
+             hello_interval=0.5, join_wait=0.5, announce_interval=0.5, round_deadline=300, dim=1024)
 
 
 def tiny_plan(tmp: Path) -> DemoPlan:
