@@ -24,7 +24,7 @@ from pathlib import Path
 from ..config import CONFIG_FILE, default_config_text, workers_toml
 from ..control import ControlError, query
 from ..identity import init_mesh, init_node
-from .plan import ALONE_NODE, MESH_NODES, DemoPlan, write_data
+from .plan import ALL_NODES, ALONE_NODE, MESH_NODES, DemoPlan, write_data
 from .watch import NodeView, Snapshot, node_view
 
 __all__ = ["DaemonMesh", "DemoFailed", "MeshLayout", "write_mesh"]
@@ -58,11 +58,10 @@ def write_mesh(plan: DemoPlan, directory: Path) -> MeshLayout:
     directory = directory.absolute()
     mesh_dir = directory / "mesh"
     ca = init_mesh(mesh_dir)
-    nodes = (*MESH_NODES, ALONE_NODE)
-    ports = {n: _free_port() for n in nodes}
+    ports = {n: _free_port() for n in ALL_NODES}
     workers = plan.workers()
     configs, sockets, logs = {}, {}, {}
-    for i, name in enumerate(nodes):
+    for i, name in enumerate(ALL_NODES):
         node_dir = directory / name
         sock = node_dir / "state" / "control.sock"
         if len(os.fsencode(sock)) > _SOCKET_PATH_MAX:

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ALONE_NODE", "DEFAULT", "FULL", "MESH_NODES", "DemoPlan", "Sizes", "packaged_data", "write_data"]
+__all__ = ["ALL_NODES", "ALONE_NODE", "DEFAULT", "FULL", "MESH_NODES", "DemoPlan", "Sizes", "packaged_data", "write_data"]
 
 MESH_NODES = ("m1", "m2", "s1", "s2")
 ALONE_NODE = "alone"
+ALL_NODES = (*MESH_NODES, ALONE_NODE)
 TASK = "sst2"
 
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..sim.report import size_text
-from .plan import ALONE_NODE, MESH_NODES, DemoPlan
+from .plan import ALL_NODES, ALONE_NODE, MESH_NODES, DemoPlan
 from .watch import History, NodeView, Snapshot, WorkerView
 
 __all__ = ["LEARN_MARGIN", "LiveView", "Outcome", "final_table", "outcome", "plot", "write_result"]
@@ -69,7 +69,7 @@ class LiveView:
         roles = self.plan.roles()
         t = Table("node", "model", "role", "peers", "workers", "round", "accuracy (start -> now)", "sent",
                   "received", header_style="bold", box=None)
-        for name in (*MESH_NODES, ALONE_NODE):
+        for name in ALL_NODES:
             node = snap.nodes.get(name)
             if node is None:
                 continue
@@ -99,7 +99,6 @@ class NodeOutcome:
     bytes_received: int
     delta_bytes: int
     fp32_bytes: int
-    rounds_done: bool
 
 
 @dataclass(frozen=True)
@@ -129,13 +128,12 @@ def outcome(snap: Snapshot, plan: DemoPlan) -> Outcome:
             continue
         failed = [x for x in node.workers if x.state == "failed" or x.error]
         problems += [f"{name}: worker {x.name} {x.state}: {x.error or ''}".rstrip(": ") for x in failed]
-        done = w.finished
-        if not done:
+        if not w.finished:
             problems.append(f"{name}: its trainer stopped at round {w.round} of {w.rounds_target} ({w.state})")
         a = _lora(alone, name)
         nodes[name] = NodeOutcome(name, plan.model_of(name), roles[name], w.initial_accuracy, w.accuracy,
                                   a.accuracy if a is not None else None, node.bytes_sent, node.bytes_received,
-                                  w.delta_bytes, w.fp32_bytes, done)
+                                  w.delta_bytes, w.fp32_bytes)
         if name.startswith("s"):
             if w.accuracy is None or w.initial_accuracy is None:
                 problems.append(f"{name}: no accuracy to judge (no eval finished)")

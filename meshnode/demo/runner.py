@@ -4,6 +4,7 @@ mesh (real daemons on loopback, or the simulator), watch it, and say what each n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from .loopback import DaemonMesh, DemoFailed, write_mesh
-from .plan import ALONE_NODE, MESH_NODES, DemoPlan
+from .plan import ALL_NODES, DemoPlan
 from .present import LiveView, Outcome, final_table, outcome, plot, write_result
 from .simulated import run_simulated
 from .watch import History, Snapshot
@@ -94,10 +95,9 @@ def _fresh_directory(directory: Path) -> None:
 
 
 def _all_done(snap: Snapshot) -> bool:
-    names = (*MESH_NODES, ALONE_NODE)
-    if not all(n in snap.nodes and snap.nodes[n].up for n in names):
+    if not all(n in snap.nodes and snap.nodes[n].up for n in ALL_NODES):
         return False
-    trainers = [w for n in names for w in snap.nodes[n].workers if w.type == "trainer"]
+    trainers = [w for n in ALL_NODES for w in snap.nodes[n].workers if w.type == "trainer"]
     return bool(trainers) and all(w.finished for w in trainers)
 
 
@@ -109,7 +109,8 @@ def _failed(snap: Snapshot) -> str | None:
     return None
 
 
-async def _watch_daemons(mesh: DaemonMesh, history: History, view: LiveView | None, timeout: float) -> Snapshot:
+async def _watch_daemons(mesh: DaemonMesh, history: History, view: LiveView | None, timeout: float) -> None:
+    """Until every trainer is done: each daemon's snapshot into `history` (and `view`), once a second."""
     deadline = time.monotonic() + timeout
     while True:
         mesh.check_alive()
@@ -123,7 +124,7 @@ async def _watch_daemons(mesh: DaemonMesh, history: History, view: LiveView | No
         if _all_done(snap):
             if view is not None:
                 view(snap, force=True)
-            return snap
+            return
         if time.monotonic() > deadline:
             raise DemoFailed(f"not done after {timeout:g} s (see the table above; each node's daemon.log says more)")
         await asyncio.sleep(1.0)
@@ -146,17 +147,15 @@ def run_demo(plan: DemoPlan, directory: Path, *, console: Console, sim: str | No
     history = History()
     t0 = time.monotonic()
     view = LiveView(console, plan, f"meshnode demo ({mode})") if live else None
+    shown = view if view is not None else contextlib.nullcontext()
     if sim is None:
         layout = write_mesh(plan, directory)
         mesh = DaemonMesh(layout)
         mesh.start()
         finished = False
         try:
-            if view is not None:
-                with view:
-                    last = asyncio.run(_watch_daemons(mesh, history, view, timeout))
-            else:
-                last = asyncio.run(_watch_daemons(mesh, history, None, timeout))
+            with shown:
+                asyncio.run(_watch_daemons(mesh, history, view, timeout))
             finished = True
         finally:
             if not (keep_running and finished):
@@ -169,18 +168,14 @@ def run_demo(plan: DemoPlan, directory: Path, *, console: Console, sim: str | No
             if view is not None:
                 view(snap)
 
-        if view is not None:
-            with view:
-                report, _ = run_simulated(plan, directory, sim, on_snapshot)
-        else:
-            report, _ = run_simulated(plan, directory, sim, on_snapshot)
-        if history.last is None:
-            raise DemoFailed("the simulation ended before any node reported")
-        last = history.last
+        with shown:
+            report = run_simulated(plan, directory, sim, on_snapshot)
         time_unit = "simulated seconds (compute time included)"
         (directory / "sim" / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     elapsed = time.monotonic() - t0
-    result = outcome(last, plan)
+    if history.last is None:
+        raise DemoFailed("the mesh ended before any node reported")
+    result = outcome(history.last, plan)
     console.print(final_table(result))
     doc = write_result(directory / "result.json", result, history, plan, mode=mode, elapsed_s=elapsed,
                        time_unit=time_unit)

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import toml_value
 from ..sim.runner import Progress, run_scenario
 from ..sim.scenario import load_scenario
-from .plan import ALONE_NODE, MESH_NODES, DemoPlan, write_data
+from .plan import ALL_NODES, MESH_NODES, DemoPlan, write_data
 from .watch import Snapshot, node_view
 
 __all__ = ["SIM_STOP_S", "run_simulated", "scenario_text"]
@@ -40,22 +40,20 @@ def scenario_text(plan: DemoPlan, profile: str, seed: int = 0) -> str:
 
 
 def run_simulated(plan: DemoPlan, directory: Path, profile: str,
-                  on_snapshot: Callable[[Snapshot], None]) -> tuple[dict[str, Any], Path]:
+                  on_snapshot: Callable[[Snapshot], None]) -> dict[str, Any]:
     """Write DIRECTORY/sim/scenario.toml and its data, run it, call `on_snapshot` about once per
-    simulated second; return the simulator's report and the scenario's path."""
+    simulated second; return the simulator's report."""
     sim_dir = directory.absolute() / "sim"
     sim_dir.mkdir(parents=True, exist_ok=True)
     write_data(plan, sim_dir)
     path = sim_dir / "scenario.toml"
     path.write_text(scenario_text(plan, profile), encoding="utf-8")
     scenario = load_scenario(path)   # ScenarioError (an unknown profile, say) names the key
-    names = (*MESH_NODES, ALONE_NODE)
-
     def progress(p: Progress) -> None:
         on_snapshot(Snapshot(p.time, {n: node_view(n, p.workers.get(n), p.counters.get(n), up=n in p.workers)
-                                      for n in names}))
+                                      for n in ALL_NODES}))
 
     # Short: the nodes' control sockets live under workdir, and a unix socket path has at most 107 bytes.
     with tempfile.TemporaryDirectory(prefix="mdemo-") as work:
         report = run_scenario(scenario, workdir=Path(work), on_progress=progress, progress_interval=1.0)
-    return report, path
+    return report

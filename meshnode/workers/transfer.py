@@ -581,22 +581,17 @@ class TransferWorker(TaskWorker):
                       ) -> tuple[StudentFit, float | None, float]:
         t0 = time.perf_counter()
         assert self._anchor_emb is not None
-        # a map's fit (ridge, CCA, ...) takes minutes on a CPU at D = 10,000: say so while it runs
-        self._doing = f"fitting the {self.cfg.alignment} route"
-        try:
-            return self._fit_timed(knowledge, teacher_anchors, t0)
-        finally:
-            self._doing = None
-
-    def _fit_timed(self, knowledge: dict[str, Any], teacher_anchors: np.ndarray | None, t0: float
-                   ) -> tuple[StudentFit, float | None, float]:
-        assert self._anchor_emb is not None
         classes = next(iter(knowledge.values())).classes
         if self._eval is not None and set(classes) != set(self._eval.classes):
             raise TransferRefused("classes_mismatch", f"teacher's classes {list(classes)[:16]} are not this node's "
                                                       f"eval classes {list(self._eval.classes)[:16]}")
-        fit = fit_student(self.cfg.alignment, self.space, self.cfg.tau, self._anchor_emb, knowledge=knowledge,
-                          teacher_anchors=teacher_anchors, seed=self.cfg.seed)
+        # a map's fit (ridge, CCA, ...) takes minutes on a CPU at D = 10,000: say so while it runs
+        self._doing = f"fitting the {self.cfg.alignment} route"
+        try:
+            fit = fit_student(self.cfg.alignment, self.space, self.cfg.tau, self._anchor_emb, knowledge=knowledge,
+                              teacher_anchors=teacher_anchors, seed=self.cfg.seed)
+        finally:
+            self._doing = None
         accuracy = None
         if self._eval is not None and self._eval_emb is not None:
             accuracy = accuracy_against(fit.predict(self._eval_emb), fit.classes, self._eval.labels,
