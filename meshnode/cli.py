@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -50,19 +49,24 @@ def main() -> None:
 @click.option("--peer", "peers", multiple=True, metavar="NAME_OR_ID",
               help="Only packets whose origin, or the capture record's peer, has this name or hex id "
                    "prefix. Repeatable.")
+@click.option("--format", "input_format", type=click.Choice(["auto", "packet", "frames", "capture", "hex"]),
+              default="auto", show_default=True,
+              help="What the input is. auto: by the file's suffix (.bin packet, .frames, .mncap capture, .hex), "
+                   "else (stdin, other names) by its content; see docs/INSPECT.md.")
 def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...], summary: bool,
-            kinds: tuple[str, ...], topics: tuple[str, ...], peers: tuple[str, ...]) -> None:
+            kinds: tuple[str, ...], topics: tuple[str, ...], peers: tuple[str, ...], input_format: str) -> None:
     """Decode packets: one packet, a stream of frames, hex text, or a capture file (- for stdin).
 
     For each packet: header, body fields, signature status (valid, invalid, unknown_key,
-    self_signed, unsigned) and, for every vector block, its dimension, encoding, bytes on the wire,
+    self_signed, unsigned, ignored for a fragment's) and, for every vector block, its dimension, encoding, bytes on the wire,
     fraction of zeros and size relative to float32. Times are shown in UTC; nodes by name where a
     certificate tells it (a name ending in "?" is one only the node's own hello claims). Exits 1 if
     any input is malformed, any signature is invalid or a packet that must be signed is not (among
     the packets the filters select); errors give the reason code and the byte offset.
     """
     from .inspect import (
-        Filter, InspectError, Summary, TrustStore, format_error, format_text, inspect_bytes, parse_kinds,
+        Filter, InputFormat, InspectError, Summary, TrustStore, format_error, format_for_name, format_text,
+        inspect_bytes, parse_kinds,
     )
 
     try:
@@ -86,7 +90,8 @@ def inspect(files: tuple[Path, ...], as_json: bool, trust_paths: tuple[Path, ...
             failed = True
             continue
         counts = Summary() if summary else None
-        for result in selection.select(inspect_bytes(data, trust), trust.names):
+        fmt = InputFormat(input_format) if input_format != "auto" else format_for_name(name)
+        for result in selection.select(inspect_bytes(data, trust, fmt=fmt), trust.names):
             if counts is not None:
                 failed = failed or isinstance(result, InspectError)
                 counts.add(result)
@@ -240,8 +245,12 @@ def run(config_path: Path, capture: Path | None, log_level: str | None) -> None:
     _check_workers(cfg, config_path)
     if log_level:
         cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, log_level=log_level.lower()))
-    logging.basicConfig(level=cfg.node.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from .display import install_logging
+
+    # Escaping formatter: a peer's name, topic or bye reason that reaches a log call unescaped still
+    # cannot start a line of its own or send terminal codes (docs/DESIGN.md, "Security model").
+    install_logging(cfg.node.log_level, stream=sys.stderr,
+                    fmt="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     try:
         from .node import run_daemon
     except ImportError as exc:
@@ -433,6 +442,7 @@ def _watch_workers(config_path: Path, socket_path: Path | None, timeout: float, 
 
     from rich.console import Group
     from rich.live import Live
+    from rich.text import Text
 
     from .cli_tables import rounds_table, workers_table
     from .control import ControlError, query_sync
@@ -446,9 +456,9 @@ def _watch_workers(config_path: Path, socket_path: Path | None, timeout: float, 
                 try:
                     result = query_sync(path, "workers", timeout=timeout)
                 except ControlError as exc:   # the daemon restarting: say so and keep watching
-                    live.update(f"{stamp}  [yellow]{exc}[/]", refresh=True)
+                    live.update(Text(f"{stamp}  {exc}", style="yellow"), refresh=True)
                 else:
-                    parts: list[Any] = [f"{stamp}  workers of {path}"]
+                    parts: list[Any] = [Text(f"{stamp}  workers of {path}")]   # a path may hold "["
                     if isinstance(result, list):
                         parts.append(workers_table(result, full=full))
                         parts += [t for w in result if isinstance(w, dict) and (t := rounds_table(w)) is not None]
@@ -554,11 +564,12 @@ def sim(scenario_path: Path, report_path: Path | None, plot_path: Path | None, c
     """
     import time
 
+    from .display import install_logging
     from .sim.report import LiveProgress, plot_report, print_summary, write_report
     from .sim.runner import run_scenario
     from .sim.scenario import ScenarioError, load_scenario
 
-    logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(levelname)s %(name)s: %(message)s")
+    install_logging(log_level, fmt="%(levelname)s %(name)s: %(message)s")
     try:
         scenario = load_scenario(scenario_path)
         if seed is not None:

@@ -2,6 +2,11 @@
 
 Every field is read with a default: a daemon that adds, renames or omits a field must still print,
 and unknown status fields are shown at the end rather than hidden.
+
+Much of what these tables show was chosen by a peer (its name, the names of members it announced, the
+detail of a refusal, a teacher's id), so every cell is a `rich.text.Text` (never parsed as markup: "[red]"
+or "[link=...]" print as written) of a string that went through `display.safe_text` (control characters
+such as newline and ESC shown as escapes, so a name cannot forge a second row or recolour the terminal).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from .display import SAFE_TEXT_LIMIT, safe_text
 
 __all__ = ["counters_table", "human_bytes", "human_duration", "peers_table", "rounds_table", "status_table",
            "workers_table"]
@@ -53,8 +60,9 @@ def human_duration(seconds: Any) -> str:
     return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, limit: int | None = SAFE_TEXT_LIMIT) -> str:
     # For people: no Python spellings (True, [], {}) in a table; --json has the values as they are.
+    # Escaped (display.safe_text) and cut at `limit`: the value may have come from a peer.
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -62,15 +70,20 @@ def _text(value: Any) -> str:
     if isinstance(value, (dict, list, tuple)) and not value:
         return "none"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+        return safe_text(json.dumps(value, separators=(",", ":")), limit=limit)
+    return safe_text(value, limit=limit)
+
+
+def _cells(*values: str) -> list[Text]:
+    """Table cells that are text, never markup (see the module docstring)."""
+    return [Text(v) for v in values]
 
 
 def _pairs(mapping: Any) -> str:
     if not isinstance(mapping, Mapping) or not mapping:
         return "-"
     # long lists (a trainer's round history, a student's candidates) belong to --json, not a table cell
-    return "  ".join(f"{k}={_text(v) if not isinstance(v, list) or len(v) <= 3 else f'[{len(v)} items]'}"
+    return "  ".join(f"{_text(k)}={_text(v) if not isinstance(v, list) or len(v) <= 3 else f'[{len(v)} items]'}"
                      for k, v in mapping.items())
 
 
@@ -87,8 +100,8 @@ def _members_cell(status: Mapping[str, Any]) -> RenderableType:
     grid.add_column(no_wrap=True)
     grid.add_column(no_wrap=True)
     for m in members:
-        grid.add_row(Text(_text(m.get("name"))), Text(str(m.get("node_id") or "-")[:16]),
-                     "linked" if m.get("linked") is True else "via others")
+        grid.add_row(*_cells(_text(m.get("name")), _text(m.get("node_id") or "-")[:16],
+                             "linked" if m.get("linked") is True else "via others"))
     parts: list[RenderableType] = [Text(f"{count} known, {linked} linked now"), grid]
     if count > len(members):
         parts.append(Text(f"and {count - len(members)} more, not listed"))
@@ -116,8 +129,8 @@ def _refusals_cell(refusals: Any) -> RenderableType:
     for r in items[-STATUS_REFUSALS_SHOWN:]:
         detail = _text(r.get("detail"))
         # texts that came from the network: Text, so that "[...]" in them is not read as markup
-        grid.add_row(_clock_time(r.get("time_us")), Text(_text(r.get("address"))), Text(_text(r.get("reason"))),
-                     Text(detail if len(detail) <= 120 else detail[:119] + "…"))
+        grid.add_row(*_cells(_clock_time(r.get("time_us")), _text(r.get("address")), _text(r.get("reason")),
+                             detail if len(detail) <= 120 else detail[:119] + "…"))
     if len(items) <= STATUS_REFUSALS_SHOWN:
         return grid
     return Group(Text(f"{len(items)}, the last {STATUS_REFUSALS_SHOWN}:"), grid)
@@ -134,7 +147,7 @@ def _status_value(key: str, value: Any, status: Mapping[str, Any]) -> Renderable
         return _members_cell(status)
     if key == "recent_refusals":
         return _refusals_cell(value)
-    return Text(_text(value))
+    return Text(_text(value, limit=None))   # our own node's values (paths): not cut
 
 
 def status_table(status: Mapping[str, Any]) -> Table:
@@ -146,7 +159,7 @@ def status_table(status: Mapping[str, Any]) -> Table:
             table.add_row(label, _status_value(key, status[key], status))
     for key, value in status.items():
         if key not in _STATUS_LABELS and key not in _STATUS_SHOWN_WITH:
-            table.add_row(key.replace("_", " "), Text(_text(value)))
+            table.add_row(Text(_text(key).replace("_", " ")), Text(_text(value)))
     return table
 
 
@@ -164,9 +177,9 @@ def peers_table(peers: list[Any]) -> Table:
         n_dropped = sum(v for v in dropped.values() if isinstance(v, (int, float))) \
             if isinstance(dropped, Mapping) else 0
         queue = p.get("queue") or {}
-        table.add_row(
+        table.add_row(*_cells(
             _text(p.get("name")),
-            str(p.get("node_id") or "-")[:16],
+            _text(p.get("node_id") or "-")[:16],
             _text(p.get("address")),
             _text(p.get("direction")),
             _text(p.get("state")),
@@ -177,7 +190,7 @@ def peers_table(peers: list[Any]) -> Table:
             str(n_dropped),
             f"{_text(queue.get('packets'))} pk / {human_bytes(queue.get('bytes'))}"
             if isinstance(queue, Mapping) else "-",
-        )
+        ))
     return table
 
 
@@ -214,10 +227,10 @@ def _worker_note(w: Mapping[str, Any], status: Mapping[str, Any]) -> str:
         notes.append(f"{status['versions']} versions published{at}; {_text(status.get('students'))} students")
     if status.get("role") == "student" and isinstance(status.get("teacher"), str):
         at = f"its round {_text(status['teacher_round'])}, " if status.get("teacher_round") is not None else ""
-        notes.append(f"learns from teacher {status['teacher'][:16]} ({at}{_text(status.get('form'))})")
+        notes.append(f"learns from teacher {_text(status['teacher'])[:16]} ({at}{_text(status.get('form'))})")
     refused = status.get("refused")
     if isinstance(refused, Mapping) and refused:
-        notes.append("refused " + ", ".join(f"{k} {_text(v)}" for k, v in refused.items()))
+        notes.append("refused " + ", ".join(f"{_text(k)} {_text(v)}" for k, v in refused.items()))
     return "; ".join(notes) or "-"
 
 
@@ -241,16 +254,16 @@ def workers_table(workers: list[Any], *, full: bool = False) -> Table:
         status = w.get("status") if isinstance(w.get("status"), Mapping) else {}
         metrics = w.get("metrics") if isinstance(w.get("metrics"), Mapping) else {}
         if full:
-            table.add_row(_text(w.get("name")), _text(w.get("type")), _text(w.get("state")),
-                          _pairs(status), _pairs(metrics))
+            table.add_row(*_cells(_text(w.get("name")), _text(w.get("type")), _text(w.get("state")),
+                                  _pairs(status), _pairs(metrics)))
             continue
         rnd, target = status.get("round"), status.get("rounds_target")
         round_cell = "-" if rnd is None else (f"{_text(rnd)}/{_text(target)}" if target else _text(rnd))
         loss = _num(status.get("loss"))
-        table.add_row(_text(w.get("name")), _text(w.get("type")), _worker_state(w, status), round_cell,
-                      _accuracy_cell(status), "-" if loss is None else f"{loss:.4f}",
-                      human_bytes(metrics.get("bytes_sent")), human_bytes(metrics.get("bytes_received")),
-                      _worker_note(w, status))
+        table.add_row(*_cells(_text(w.get("name")), _text(w.get("type")), _worker_state(w, status), round_cell,
+                              _accuracy_cell(status), "-" if loss is None else f"{loss:.4f}",
+                              human_bytes(metrics.get("bytes_sent")), human_bytes(metrics.get("bytes_received")),
+                              _worker_note(w, status)))
     return table
 
 
@@ -260,18 +273,18 @@ def rounds_table(worker: Mapping[str, Any], last: int = 10) -> Table | None:
     history = [h for h in (status.get("history") or []) if isinstance(h, Mapping)][-last:]
     if not history:
         return None
-    table = Table(title=f"{_text(worker.get('name'))}: last rounds", box=None, header_style="bold",
+    table = Table(title=Text(f"{_text(worker.get('name'))}: last rounds"), box=None, header_style="bold",
                   title_justify="left", pad_edge=False)
     for col in ("round", "merged", "missing", "loss", "accuracy", "sent", "received", "train", "wait", "eval"):
         table.add_column(col, justify="right", no_wrap=True)
     for h in history:
         acc, loss = _num(h.get("accuracy")), _num(h.get("loss"))
         missing = h.get("missing")
-        table.add_row(_text(h.get("round")), _text(h.get("merged")),
-                      str(len(missing)) if isinstance(missing, list) else "-",
-                      "-" if loss is None else f"{loss:.4f}", "-" if acc is None else f"{acc:.3f}",
-                      human_bytes(h.get("bytes_sent")), human_bytes(h.get("bytes_received")),
-                      *(human_duration(h.get(k)) for k in ("train_s", "wait_s", "eval_s")))
+        table.add_row(*_cells(_text(h.get("round")), _text(h.get("merged")),
+                              str(len(missing)) if isinstance(missing, list) else "-",
+                              "-" if loss is None else f"{loss:.4f}", "-" if acc is None else f"{acc:.3f}",
+                              human_bytes(h.get("bytes_sent")), human_bytes(h.get("bytes_received")),
+                              *(human_duration(h.get(k)) for k in ("train_s", "wait_s", "eval_s"))))
     return table
 
 
@@ -280,5 +293,5 @@ def counters_table(counters: Mapping[str, Any]) -> Table:
     table.add_column("counter", no_wrap=True)
     table.add_column("value", justify="right")
     for name, value in sorted(counters.items()):
-        table.add_row(name, _text(value))
+        table.add_row(*_cells(_text(name), _text(value)))
     return table

@@ -220,7 +220,8 @@ _WIRE_LIMIT_DOCS: dict[str, str] = {
     "max_fragments": "Most fragments one packet may be split into.",
     "fragment_size": "Bytes of packet carried by one fragment; must leave room for the fragment header "
                      "inside max_frame.",
-    "reassembly_cap": "Bytes held by all incomplete fragment sets together.",
+    "reassembly_cap": "Bytes held by all incomplete fragment sets of all links together; one origin may hold "
+                      "at most a quarter of it, so a packet larger than reassembly_cap / 4 cannot be received.",
     "reassembly_timeout": "Seconds an incomplete fragment set waits for its missing pieces.",
     "max_collection": "Most entries in one msgpack array or map of a packet body.",
     "max_str": "Longest msgpack string in a packet body, bytes.",
@@ -254,7 +255,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
                              _one_of("debug", "info", "warning", "error", "critical")),
     },
     "identity": {
-        "key": Setting(Kind.PATH, NODE_KEY_FILE, "This node's Ed25519 private key (PEM, mode 0600)."),
+        "key": Setting(Kind.PATH, NODE_KEY_FILE, "This node's Ed25519 private key (PEM). "
+                       "Refused unless only its owner may access it (mode 0600 or 0400), as OpenSSH does."),
         "cert": Setting(Kind.PATH, NODE_CERT_FILE, "This node's certificate, signed by the mesh CA."),
         "ca_cert": Setting(Kind.PATH, CA_CERT_FILE, "The mesh CA certificate: the only trust anchor."),
     },
@@ -265,6 +267,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "static_peers": Setting(Kind.STR_LIST, [], "Peers to dial beyond the LAN, as \"host:port\" "
                                 "(IPv6 as \"[addr]:port\").", _peer,
                                 convert=lambda peers: tuple(parse_peer_address(p) for p in peers)),
+        "peer_exchange": Setting(Kind.BOOL, True, "Dial members whose addresses peers tell us about (with the "
+                                 "overlay on, while fewer than `limits.overlay_degree` links are open), so one static "
+                                 "peer is enough to join a mesh beyond the LAN."),
         "reconnect_min": Setting(Kind.FLOAT, 0.5, "First delay before redialling a lost peer, seconds "
                                  "(doubles per failure).", _positive),
         "reconnect_max": Setting(Kind.FLOAT, 30.0, "Longest delay between redials, seconds.", _positive),
@@ -284,9 +289,34 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "dedup_cache": Setting(Kind.INT, 65536, "Packet ids remembered to drop duplicates and replays.",
                                _positive),
         "dedup_window": Setting(Kind.FLOAT, 300.0, "Seconds a packet id is remembered, by the packet's own "
-                                "timestamp; older packets (and ones stamped further in the future) are dropped "
-                                "as stale replays. Clocks of the mesh must agree to well within this.",
+                                "timestamp; older packets are dropped as stale replays. The ids seen are kept in "
+                                "`replay.journal` in the data directory, so a restart refuses replays too. "
+                                "Clocks of the mesh must agree to well within this.",
                                 _positive),
+        "clock_skew": Setting(Kind.FLOAT, 30.0, "Seconds a packet's timestamp may be ahead of this node's clock; "
+                              "packets stamped further ahead are dropped (`dropped.future`): an id stamped ahead "
+                              "is remembered that much longer, so a member could otherwise fill the replay cache "
+                              "with ids that never age. Keep clocks in sync (NTP) to well within this.",
+                              _positive),
+        "overlay": Setting(Kind.BOOL, True, "Gossip over a bounded-degree overlay: packets are pushed on "
+                           "`overlay_degree` links and announced by id on the others, which pull what they miss; "
+                           "static peers and mDNS results are candidates, dialled until `overlay_degree` links are "
+                           "open. false: every packet goes to every link and every candidate is dialled (the "
+                           "behaviour before the overlay, for comparison).",),
+        "overlay_degree": Setting(Kind.INT, 6, "Links that carry packets eagerly (kept between degree - 2 and "
+                                  "2 x degree), and links this node dials on its own.", _in_range(1, 64)),
+        "message_cache_bytes": Setting(Kind.INT, 64 << 20, "Bytes of recent packets kept to give again: to a "
+                                       "peer that asks for one it missed, to a link that opens after a partition "
+                                       "or a restart, to a link whose queue was full. A quarter at most per "
+                                       "origin; packets older than `dedup_window` are dropped.", _positive),
+        "member_ttl": Setting(Kind.FLOAT, 3600.0, "Seconds a member this node has no link to may go unseen (no "
+                              "verified packet, no newer hello) before it is forgotten.", _positive),
+        "origin_rate": Setting(Kind.FLOAT, 200.0, "Packets per second this node forwards and delivers from any "
+                               "one origin (bursts of 2 s worth); more are dropped (`dropped.rate_limited`), so "
+                               "one member cannot flood the mesh or starve the others.", _positive),
+        "origin_rate_bytes": Setting(Kind.INT, 32 << 20, "Bytes per second this node forwards and delivers from "
+                                     "any one origin (bursts of 2 s worth; a single larger packet passes when "
+                                     "the burst is full).", _positive),
         "max_members": Setting(Kind.INT, 4096, "Most mesh members whose keys this node holds (learned from "
                                "hellos, directly or relayed); hellos of further nodes are refused.", _positive),
         **_wire_limit_settings(),
@@ -334,6 +364,7 @@ class DiscoveryConfig:
     mdns: bool
     mdns_interfaces: tuple[str, ...]
     static_peers: tuple[PeerAddress, ...]
+    peer_exchange: bool
     reconnect_min: float
     reconnect_max: float
 
@@ -348,6 +379,13 @@ class LimitsConfig:
     hop_limit: int
     dedup_cache: int
     dedup_window: float
+    clock_skew: float
+    overlay: bool
+    overlay_degree: int
+    message_cache_bytes: int
+    member_ttl: float
+    origin_rate: float
+    origin_rate_bytes: int
     max_members: int
     wire: Limits  # the [limits] keys named after wire.limits.Limits fields, as one object for wire/
 
@@ -504,10 +542,18 @@ def parse_config(
 ) -> Config:
     """Check a parsed TOML document against SCHEMA and build the Config.
 
-    `check_files` also requires the identity files to exist (the daemon wants that; tools that only
-    read settings do not).
+    `check_files` is what the daemon (and `meshnode check`) ask for: the file must configure an
+    identity (a non-empty [identity] table) and the identity files must exist. Tools that only read
+    settings (`meshnode status` finding the control socket) do not ask for it.
     """
     p = _Parser(Path(base_dir).resolve(), source)
+    if check_files and data.get("identity", {}) == {}:
+        # An empty or truncated node.toml would otherwise run on every default: listening on 0.0.0.0
+        # with mDNS on, as whatever key happens to lie beside it. Starting a daemon is a decision the
+        # file must show; `meshnode node init` writes the [identity] table for it.
+        raise p.error("identity", "no [identity] configured; the daemon will not start on defaults "
+                                  "(run `meshnode node init DIR --mesh MESH_DIR --name NAME`, which writes a "
+                                  "complete node.toml)")
     for section in data:
         if section not in SCHEMA and section != "workers":
             known = [*SCHEMA, "workers"]

@@ -455,6 +455,8 @@ _PEER_SAMPLES = (
 _GAUGES = {
     "peers": "Open peer links.",
     "members": "Mesh members this node knows (holds a certified hello of), linked or not.",
+    "overlay.eager": "Links that packets are pushed on (the gossip overlay's eager links).",
+    "overlay.lazy": "Links that get packet ids only, and pull what they miss.",
 }
 _COUNTER_HELP = {
     "dial.failed": "Dials that did not reach a TLS handshake (refused, unreachable, timeout).",

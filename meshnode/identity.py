@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from .atomic import write_atomic
+from .display import safe_text
 
 __all__ = [
     "CA_CERT_FILE",
@@ -41,14 +42,17 @@ __all__ = [
     "DEFAULT_NODE_VALIDITY",
     "NODE_CERT_FILE",
     "NODE_KEY_FILE",
+    "NODE_NAME_RULE",
     "NODE_URI_PREFIX",
     "IdentityError",
     "IdentityReason",
     "MeshCA",
     "NodeIdentity",
     "PeerInfo",
+    "check_claimed_name",
     "init_mesh",
     "init_node",
+    "is_valid_node_name",
     "issue_node_certificate",
     "load_ca_certificate",
     "load_mesh",
@@ -78,8 +82,15 @@ _BACKDATE = _dt.timedelta(minutes=5)
 # Short ids are for humans and mDNS: 64 bits is plenty to tell meshes apart on one LAN. Authentication
 # never relies on them (TLS checks the full chain).
 _SHORT_BYTES = 8
-# Names go into certificates (CN, at most 64 characters in X.509), log lines and file names.
+# The node name grammar. Names go into certificates (CN, at most 64 characters in X.509), log lines,
+# `meshnode peers` and file names, and a peer chooses them: so ASCII letters, digits and ". _ -" only,
+# starting with a letter or digit. Nothing in it is a control character, whitespace, a path separator,
+# a shell or TOML metacharacter or rich markup ("[" "]"), so a name is safe to print and to use as a file
+# name as it is. Enforced when a certificate is issued (`issue_node_certificate`, `meshnode node init`,
+# node.name in node.toml), and again whenever a certificate is read: our own at load and every peer's
+# (`_check_node_cert`, for TLS and for relayed hellos), so a CA used outside meshnode cannot smuggle one in.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NODE_NAME_RULE = "1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 class IdentityReason(StrEnum):
@@ -93,6 +104,7 @@ class IdentityReason(StrEnum):
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
     KEY_MISMATCH = "key_mismatch"    # the private key does not belong to the certificate
+    BAD_MODE = "bad_mode"            # a private key file that group or others may access
 
 
 class IdentityError(Exception):
@@ -124,14 +136,30 @@ def node_id_of(public_key: Ed25519PublicKey | bytes) -> bytes:
 mesh_id_of = node_id_of  # same rule, applied to the CA key; two names so call sites say which
 
 
+def is_valid_node_name(name: object) -> bool:
+    """Whether `name` follows the node name grammar (NODE_NAME_RULE)."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
 def validate_node_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    """`name`, or IdentityError(BAD_NAME) saying the rule; the name is quoted escaped (it may be a peer's)."""
+    if not is_valid_node_name(name):
+        raise IdentityError(IdentityReason.BAD_NAME,
+                            f"node name '{safe_text(name, limit=80)}' must be {NODE_NAME_RULE}")
+    return name
+
+
+def check_claimed_name(claimed: object, certified: str) -> str:
+    """The name a peer's hello claims, if it is the name its certificate carries; IdentityError(BAD_NAME)
+    otherwise. A hello's `name` field is the peer's own word; only the certificate's name was checked
+    by the mesh CA, so a hello must not show a different one (two peers "b", a name with a newline)."""
+    if claimed != certified:
         raise IdentityError(
             IdentityReason.BAD_NAME,
-            f"node name {name!r} must be 1-64 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
+            f"hello names the node '{safe_text(claimed, limit=80)}' but its certificate names it "
+            f"'{safe_text(certified, limit=80)}'",
         )
-    return name
+    return certified
 
 
 # ------------------------------------------------------------------------------------ dataclasses
@@ -303,16 +331,31 @@ def _read(path: Path, what: str) -> bytes:
         raise IdentityError(IdentityReason.MISSING, f"{path}: cannot read {what}: {e.strerror}") from None
 
 
+def _check_key_mode(path: Path) -> None:
+    """Refuse a private key that group or others may read or write, as OpenSSH does.
+
+    A warning was not enough: nobody reads a daemon's start-up log until something breaks, and a key
+    others can read is no longer this node's alone (anyone with it is this node to the whole mesh).
+    The mode of the file itself (a symlink is followed). `init_mesh` / `init_node` write keys 0600
+    whatever the umask, so only a key copied or unpacked by hand (a 0644 volume, a secret mounted
+    with its default mode) trips this; the message says the fix."""
+    if os.name != "posix":   # no Unix modes to check (Windows ACLs are another story)
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return   # _read has already said what is wrong with the file itself
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise IdentityError(
+            IdentityReason.BAD_MODE,
+            f"{path}: private key is accessible by group or others (mode {mode:04o}); "
+            f"run `chmod 600 {path}` (a key others can read is not secret)",
+        )
+
+
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
     data = _read(path, "private key")
-    try:
-        st = path.stat()
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            # Warn rather than refuse: containers and shared volumes often get modes wrong, and
-            # refusing would only make operators chmod blindly.
-            log.warning("%s: private key is accessible by group/others (mode %o)", path, st.st_mode & 0o777)
-    except OSError:
-        pass
+    _check_key_mode(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
@@ -555,7 +598,19 @@ def _check_node_cert(cert: x509.Certificate, ca_cert: x509.Certificate) -> PeerI
             f"certificate claims node id {claimed[:16]}... but its key hashes to {short_hex(node_id)}...",
         )
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    name = str(cns[0].value) if cns else ""
+    if len(cns) != 1:
+        raise IdentityError(
+            IdentityReason.BAD_CERTIFICATE, f"certificate must carry exactly one common name, has {len(cns)}"
+        )
+    name = cns[0].value
+    if not isinstance(name, str) or not is_valid_node_name(name):
+        # Signed by our CA, yet not a name `meshnode node init` would have issued (the CA was used by
+        # another tool): refused here, before the name reaches a log line, `meshnode peers` or a file name.
+        raise IdentityError(
+            IdentityReason.BAD_CERTIFICATE,
+            f"certificate of node {short_hex(node_id)} names it '{safe_text(name, limit=80)}', "
+            f"which is not a node name ({NODE_NAME_RULE})",
+        )
     return PeerInfo(node_id=node_id, name=name, not_after=cert.not_valid_after_utc, public_key_bytes=pub_raw)
 
 

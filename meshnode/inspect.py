@@ -3,10 +3,10 @@
 Kept apart from the CLI so that the golden-vector tests and other tools get exactly the JSON the
 command prints (`inspect_bytes`) and the same human text (`format_text`, `format_error`).
 
-Input may be one packet, a stream of frames, hex text of either, or a capture file; `split_input`
-tells them apart by their first bytes (a capture starts with `MNCAP`, a packet with `MNPK`, a frame
-stream with a 4-byte length followed by `MNPK`; anything else is read as one packet, which then
-fails with `bad_magic`).
+Input may be one packet, a stream of frames, hex text of any of them, or a capture file
+(`InputFormat`). The CLI takes the form from `--format`, else from the file's suffix (`.bin`,
+`.frames`, `.hex`, `.mncap`: what protocol/vectors/README.md says), else from the content
+(`sniff`: docs/INSPECT.md "Input forms" has the rules).
 
 Every problem is reported as an `InspectError` (a stable reason code from SPEC §7, the byte offset in
 the input, and a message), never as an exception: the input is hostile by definition.
@@ -51,6 +51,7 @@ from .wire.packet import (
 )
 
 __all__ = [
+    "InputFormat", "format_for_name", "sniff", "unhex",
     "InputItem", "NodeName", "NameBook", "TrustStore", "InspectError", "Result", "maybe_unhex", "split_input",
     "describe_value", "describe_vectors", "describe_packet", "inspect_bytes", "failed", "format_text",
     "format_error", "format_time", "KINDS", "parse_kinds", "Filter", "Summary",
@@ -59,11 +60,33 @@ __all__ = [
 _HEX_TEXT = (string.hexdigits + string.whitespace).encode()
 _INLINE_BYTES = 64  # bin fields up to this size are shown in full (hex), longer ones by size and SHA-256
 _FLAGS_OFFSET = 7   # header byte of the flags (SPEC §2), where an unsigned packet's problem is
+_ORIGIN_OFFSET = 40  # header field of the origin (SPEC §2), where a hello's origin/key mismatch is
 _CAPTURE_RECORD_FIXED = 8 + 1 + 32 + 2 + 4  # capture record bytes besides the address and the packet
 _KIND_OFFSET = 6    # header byte of the kind (SPEC §2): the look-ahead for names decodes hellos only
 _NAME_SHOWN = 64    # longest node name shown (what a certificate's CN may hold); the rest is cut
 _NO_PEER = bytes(32)  # a capture record's peer id when the daemon did not know it
 KINDS = tuple(k.name.lower() for k in Kind)
+
+
+class InputFormat(enum.Enum):
+    """What the input is (`--format`). AUTO: hex text if it is all hex digits and whitespace, then
+    the un-hexed bytes by their first bytes (`sniff`). HEX: hex text (an error if it is not), then
+    its bytes by `sniff`."""
+
+    AUTO = "auto"
+    PACKET = "packet"
+    FRAMES = "frames"
+    CAPTURE = "capture"
+    HEX = "hex"
+
+
+_SUFFIX_FORMATS = {".bin": InputFormat.PACKET, ".frames": InputFormat.FRAMES, ".mncap": InputFormat.CAPTURE,
+                   ".hex": InputFormat.HEX}
+
+
+def format_for_name(name: str) -> InputFormat:
+    """The form a file name's suffix names (protocol/vectors/README.md), else AUTO (stdin "-" too)."""
+    return _SUFFIX_FORMATS.get(Path(name).suffix.lower(), InputFormat.AUTO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,15 +291,32 @@ class TrustStore:
 
     def status(self, packet: Packet) -> str:
         """valid | invalid | unknown_key | unsigned | self_signed (a hello that verifies against the
-        key it carries, which nothing trusted vouches for)."""
+        key it carries, which nothing trusted vouches for) | ignored (a fragment's signature)."""
+        return self.check(packet)[0]
+
+    def check(self, packet: Packet) -> tuple[str, WireError | None]:
+        """(`status`, the error that makes it "invalid"): the receiver's rules of SPEC §4-6.
+        A fragment's signature is not checked (§4: the reassembled packet's is what counts). A hello
+        is checked against the key it carries, which must hash to its origin (§6, else
+        bad_signature at the origin field); any other packet against the trusted key of its origin."""
         if not packet.header.flags & Flags.SIGNED:
-            return "unsigned"
-        key = self.keys.get(packet.header.origin)
+            return "unsigned", None
+        if packet.header.kind is Kind.FRAGMENT:
+            return "ignored", None
+        origin = packet.header.origin
+        if isinstance(packet.body, Hello):
+            if node_id_of(packet.body.public_key) != origin:
+                return "invalid", WireError(Reason.BAD_SIGNATURE, "the hello's origin is not the SHA-256 of its "
+                                            "public_key", offset=_ORIGIN_OFFSET)
+            problem = _verify(packet, packet.body.public_key)
+            if problem is not None:
+                return "invalid", problem
+            return ("valid" if origin in self.keys else "self_signed"), None
+        key = self.keys.get(origin)
         if key is None:
-            if isinstance(packet.body, Hello) and node_id_of(packet.body.public_key) == packet.header.origin:
-                return "self_signed" if _verifies(packet, packet.body.public_key) else "invalid"
-            return "unknown_key"
-        return "valid" if _verifies(packet, key) else "invalid"
+            return "unknown_key", None
+        problem = _verify(packet, key)
+        return ("valid", None) if problem is None else ("invalid", problem)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -295,11 +335,15 @@ def _common_name(cert: x509.Certificate) -> str:
 
 
 def _verifies(packet: Packet, key: Ed25519PublicKey | bytes) -> bool:
+    return _verify(packet, key) is None
+
+
+def _verify(packet: Packet, key: Ed25519PublicKey | bytes) -> WireError | None:
     try:
         verify_packet(packet, key)
-    except WireError:
-        return False
-    return True
+    except WireError as exc:
+        return exc
+    return None
 
 
 # ---------------------------------------------------------------------------------------- input
@@ -310,19 +354,56 @@ def maybe_unhex(data: bytes) -> bytes:
     Binary packets and frames never look like hex: `MNPK` and a frame's `MNPK` are not hex digits."""
     if not data or data.translate(None, _HEX_TEXT):
         return data
-    digits = b"".join(data.split())
-    if not digits:
+    if not b"".join(data.split()):
         return data
+    return unhex(data)
+
+
+def unhex(data: bytes) -> bytes:
+    """Hex text -> bytes: hex digits of either case, ASCII whitespace anywhere (also between the two
+    digits of a byte). Offsets in errors are of the un-hexed bytes, like every offset inspect reports:
+    a character that is neither is `bad_magic` at the byte it would have been part of; an odd number
+    of digits is `truncated` at the byte the last digit starts."""
+    stray = data.translate(None, _HEX_TEXT)
+    if stray:
+        at = next(i for i, c in enumerate(data) if c not in _HEX_TEXT)
+        digits_before = len(b"".join(data[:at].split()))
+        raise WireError(Reason.BAD_MAGIC, f"not hex text: character {data[at:at + 1]!r} at text position {at}",
+                        offset=digits_before // 2)
+    digits = b"".join(data.split())
     if len(digits) % 2:
         raise WireError(Reason.TRUNCATED, f"hex text has an odd number of digits ({len(digits)})",
                         offset=len(digits) // 2)
     return binascii.unhexlify(digits)
 
 
-def split_input(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[InputItem]:
-    """Yield the packets in `data`: a capture file, one bare packet, or a stream of frames. A framing
-    error is raised (as WireError, offset = the bad length prefix) after the frames before it."""
+def sniff(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> InputFormat:
+    """PACKET, FRAMES or CAPTURE for binary input, by its first bytes: `MNCAP` is a capture; `MNPK`
+    (or a shorter prefix of it, an empty input included) a packet; a frame stream is a u32 length
+    of 1..max_frame first, or any length followed by `MNPK` (a stream whose first frame is too
+    large); anything else is read as one packet, which then fails with `bad_magic`. A frame length
+    can never read as `MNPK` (0x4B504E4D is over 1 GiB, above any max_frame), so the rules never
+    overlap; what they cannot tell apart is a frame stream from a non-packet: `--format` decides."""
     if capture.is_capture(data):
+        return InputFormat.CAPTURE
+    if data[:len(MAGIC)] == MAGIC[:len(data)]:
+        return InputFormat.PACKET
+    if len(data) >= FRAME_PREFIX_LEN:
+        length = int.from_bytes(data[:FRAME_PREFIX_LEN], "little")
+        if 1 <= length <= limits.max_frame or data[FRAME_PREFIX_LEN:FRAME_PREFIX_LEN + len(MAGIC)] == MAGIC:
+            return InputFormat.FRAMES
+    return InputFormat.PACKET
+
+
+def split_input(data: bytes, fmt: InputFormat = InputFormat.AUTO, *, limits: Limits = DEFAULT_LIMITS
+                ) -> Iterator[InputItem]:
+    """Yield the packets in `data` (binary: un-hex text first): a capture file, one bare packet, or a
+    stream of frames, as `fmt` says (AUTO or HEX: by `sniff`). A framing error is raised (as
+    WireError, offset = the bad length prefix) after the frames before it; a stream that ends inside
+    a frame (or inside its length prefix) is `truncated` at that frame's length prefix."""
+    if fmt in (InputFormat.AUTO, InputFormat.HEX):
+        fmt = sniff(data, limits=limits)
+    if fmt is InputFormat.CAPTURE:
         offset = len(capture.CAPTURE_MAGIC)
         for record in capture.iter_records(data, limits=limits):
             start = offset + _CAPTURE_RECORD_FIXED + len(record.address.encode("utf-8"))
@@ -331,7 +412,7 @@ def split_input(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Inp
         return
     if not data:
         raise WireError(Reason.TRUNCATED, "empty input", offset=0)
-    if data[FRAME_PREFIX_LEN:FRAME_PREFIX_LEN + len(MAGIC)] != MAGIC:
+    if fmt is InputFormat.PACKET:
         yield InputItem(0, data)        # one packet (or not a packet at all: decoding says why)
         return
     decoder = FrameDecoder(limits.max_frame)
@@ -399,7 +480,7 @@ def describe_vectors(block: VectorBlock) -> dict[str, Any]:
 
 
 def describe_packet(packet: Packet, item: InputItem, trust: TrustStore, *,
-                    reassembled_from: int | None = None) -> dict[str, Any]:
+                    reassembled_from: int | None = None, status: str | None = None) -> dict[str, Any]:
     """One packet as the JSON object `inspect --json` prints (without the "file" key). `origin_name`
     and `peer_name` are there only for names a trusted certificate vouches for."""
     h = packet.header
@@ -428,7 +509,7 @@ def describe_packet(packet: Packet, item: InputItem, trust: TrustStore, *,
         out["origin_name"] = origin_name
     out.update({
         "size": len(packet.raw),
-        "signature": trust.status(packet),
+        "signature": trust.status(packet) if status is None else status,
         "body": describe_value(packet.body),
     })
     ignored = _ignored_keys(packet)
@@ -454,34 +535,50 @@ def _ignored_keys(packet: Packet) -> list[str]:
 # -------------------------------------------------------------------------------------- inspect
 
 
-def inspect_bytes(data: bytes, trust: TrustStore, *, limits: Limits = DEFAULT_LIMITS, now: float = 0.0
-                  ) -> Iterator[Result]:
-    """Describe every packet in `data`, in order. Fragments are shown, and once a set is complete so
-    is the packet it carried (`reassembled_from`). A packet that does not decode, a bad signature
-    and an unsigned packet of a kind that must be signed are InspectErrors; a bad packet inside a
-    good frame does not stop the stream, an error in the framing (or capture records) does.
+def inspect_bytes(data: bytes, trust: TrustStore, *, fmt: InputFormat = InputFormat.AUTO,
+                  limits: Limits = DEFAULT_LIMITS, now: float = 0.0) -> Iterator[Result]:
+    """Describe every packet in `data` (of the form `fmt`), in order. Fragments are shown, and once a
+    set is complete so is the packet it carried (`reassembled_from`). A packet that does not decode,
+    a bad signature and an unsigned packet of a kind that must be signed are InspectErrors; a bad
+    packet inside a good frame does not stop the stream, an error in the framing (or capture
+    records) does.
 
     The hellos in `data` are read first for the names they tell (`trust.names`), so that packets
     before a node's hello are shown with its name too; which keys are trusted still goes in order."""
     reassembler = Reassembler(limits)
     try:
-        data = maybe_unhex(data)
+        if fmt is InputFormat.HEX:
+            data = unhex(data)
+        elif fmt is InputFormat.AUTO:
+            data = maybe_unhex(data)
     except WireError as exc:
         yield _error(exc, exc.offset)
         return
-    _learn_names(data, trust, limits)
+    _learn_names(data, fmt, trust, limits)
+    # Input read as a form its content does not look like (a capture named x.bin): say so with the
+    # first error, if it comes before any packet.
+    hint = ""
+    if fmt in (InputFormat.PACKET, InputFormat.FRAMES, InputFormat.CAPTURE):
+        looks = sniff(data, limits=limits)
+        if looks is not fmt and (looks is not InputFormat.PACKET or data.startswith(MAGIC)):   # not a fallback
+            hint = f" (read as {fmt.value}; the content looks like {looks.value}: see --format)"
     try:
-        for item in split_input(data, limits=limits):
-            yield from _inspect_item(item, trust, reassembler, limits, now)
+        for item in split_input(data, fmt, limits=limits):
+            for result in _inspect_item(item, trust, reassembler, limits, now):
+                if hint and isinstance(result, InspectError):
+                    result = dataclasses.replace(result, message=result.message + hint)
+                hint = ""
+                yield result
     except WireError as exc:
-        yield _error(exc, exc.offset)
+        error = _error(exc, exc.offset)
+        yield dataclasses.replace(error, message=error.message + hint) if hint else error
 
 
-def _learn_names(data: bytes, trust: TrustStore, limits: Limits) -> None:
+def _learn_names(data: bytes, fmt: InputFormat, trust: TrustStore, limits: Limits) -> None:
     """The names the (unfragmented) hellos in `data` tell; everything else, errors included, is the
     main pass's business."""
     try:
-        for item in split_input(data, limits=limits):
+        for item in split_input(data, fmt, limits=limits):
             if len(item.raw) <= _KIND_OFFSET or item.raw[_KIND_OFFSET] != Kind.HELLO:
                 continue
             try:
@@ -520,26 +617,41 @@ def _inspect_item(item: InputItem, trust: TrustStore, reassembler: Reassembler, 
         if inner.header.kind is Kind.FRAGMENT:
             raise WireError(Reason.BAD_FRAGMENT, "the reassembled packet is itself a fragment")
     except WireError as exc:
-        where = f" (offset {exc.offset} in it)" if exc.offset is not None else ""
-        yield InspectError(item.offset, exc.reason.value,
-                           f"packet reassembled from {packet.body.count} fragments{where}: {_message(exc)}")
+        yield _reassembled_error(exc, packet.body.count, item.offset)
         return
     yield from _report(inner, InputItem(item.offset, whole, item.record), trust, reassembled_from=packet.body.count)
+
+
+def _reassembled_error(exc: WireError, pieces: int, offset: int) -> InspectError:
+    """An error in a reassembled packet: its bytes are nowhere in the input, so the error is at the
+    fragment that completed the set (its first byte), and the offset inside the packet is told."""
+    where = f" (offset {exc.offset} in it)" if exc.offset is not None else ""
+    return InspectError(offset, exc.reason.value, f"packet reassembled from {pieces} fragments{where}: {_message(exc)}")
 
 
 def _report(packet: Packet, item: InputItem, trust: TrustStore, *, reassembled_from: int | None = None
             ) -> Iterator[Result]:
     trust.learn_from_hello(packet)
-    description = describe_packet(packet, item, trust, reassembled_from=reassembled_from)
+    status, problem = trust.check(packet)
+    description = describe_packet(packet, item, trust, reassembled_from=reassembled_from, status=status)
     yield description
-    status = description["signature"]
     kind = packet.header.kind.name.lower()
+    error: WireError | None = None
     if status == "invalid":
-        yield InspectError(item.offset + len(packet.raw) - SIGNATURE_LEN, Reason.BAD_SIGNATURE.value,
-                           f"the {kind} packet's signature does not verify against its origin's key")
+        assert problem is not None
+        why = _message(problem)
+        error = WireError(Reason.BAD_SIGNATURE, f"the {kind} packet's signature does not verify against its "
+                          "origin's key" + ("" if why == "signature does not verify" else f": {why}"),
+                          offset=len(packet.raw) - SIGNATURE_LEN if problem.offset is None else problem.offset)
     elif status == "unsigned" and packet.header.kind is not Kind.FRAGMENT:
-        yield InspectError(item.offset + _FLAGS_OFFSET, Reason.UNSIGNED.value,
-                           f"a {kind} packet must be signed (only fragments are not)")
+        error = WireError(Reason.UNSIGNED, f"a {kind} packet must be signed (only fragments are not)",
+                          offset=_FLAGS_OFFSET)
+    if error is None:
+        return
+    if reassembled_from is not None:
+        yield _reassembled_error(error, reassembled_from, item.offset)
+    else:
+        yield _error(error, item.offset + (error.offset or 0))
 
 
 # ------------------------------------------------------------------------------------ human text

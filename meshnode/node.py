@@ -1,22 +1,30 @@
-"""The daemon: wires the transport, links, member directory, router, discovery, workers, control API
-and packet capture together, and owns start-up and shutdown.
+"""The daemon: wires the transport, links, member directory, router, overlay, discovery, workers,
+control API and packet capture together, and owns start-up and shutdown.
 
 Data flow. A stream (authenticated by the transport) becomes a Link running a Session. When the
 peer's hello arrives the link is registered (one link per pair of nodes, see `_keep`), the peer
-learns every member we know (their hellos, hop limit 0) and the other peers learn the new member.
-A packet from a link is checked by the Router (duplicate, stale, from the future), delivered to the
-local subscribers of its topic, and forwarded to every other peer while its hop limit lasts. A packet
-we publish is signed once, remembered as seen, and queued to every peer.
+learns the members we know (their hellos, paced, skipping what it holds) and the other peers learn
+the new member. A packet from a link is checked against the replay cache (duplicate, stale, from the
+future; duplicates already in the session, before any signature work) and its origin's rate, kept in
+the message cache, delivered to the local subscribers of its topic, and pushed on the overlay's
+eager links while its hop limit lasts (every link when the overlay is off, and links of peers that do
+not speak gossip); lazy links get its id at the next heartbeat. A packet we publish is signed once,
+remembered as seen and pushed the same way.
+
+Whom we link to. Static peers, mDNS results and addresses from peer exchange are candidates; the
+link manager dials random ones while fewer than `overlay_degree` links are open (`_manage_links`).
 
 One link per pair: when a second link to the same node opens, the one dialled by the node with the
 smaller node id is kept; if both were dialled by the same node the newer is kept (the dialler only
-redials once it considers the old link dead). Both ends apply the same rule, so they keep the same
-link; the other is closed with a bye whose reason is "duplicate".
+redials once it considers the old link dead), unless the old one is plainly alive: then two daemons
+share one identity, and the first is kept (`_identity_conflict`). Both ends apply the same rule, so
+they keep the same link; the other is closed with a bye whose reason is "duplicate".
 
 Packets from an origin whose hello we have not seen are dropped (`unknown_origin`, counted): a peer
-sends us every member it knows, ahead of any data (control lane) when the link opens, and forwards a
-newly learned member's hello ahead of that member's packets, so this only happens when a member is
-refused (certificate) or the directory is full. Holding such packets would buy little and cost memory.
+sends us every member it knows when the link opens and forwards a newly learned member's hello, so
+this happens when a member is refused (certificate), the directory is full, or a packet overtakes a
+hello still waiting in a paced catch-up (the overlay's announcements of a new link wait two heartbeats
+for that reason). Holding such packets would buy little and cost memory.
 """
 
 from __future__ import annotations
@@ -44,12 +52,16 @@ from .identity import NodeIdentity, load_node_identity
 from .log_limit import LogLimiter
 from .metrics import Metrics
 from .net.backoff import Backoff
-from .net.link import Link, LinkSettings
-from .net.peers import MemberDirectory, MemberRefused
+from .net.link import Link, LinkSettings, LinkState
+from .net.message_cache import MessageCache
+from .net.overlay import Graft, Have, Overlay, OverlaySettings, Prune, Serve, Want
+from .net.peers import CATCH_UP_DELAY, NEWS_DELAY, MemberDirectory, MemberRefused
+from .net.rate import OriginRates
 from .net.router import Router, Subscription, Verdict
 from .net.tcp import TlsTransport
 from .net.transport import Listener, Stream, Transport, TransportError
-from .wire.packet import Hello, Packet, Signer, encode_packet, set_hop_limit
+from .wire.frames import ReassemblyBudget
+from .wire.packet import MAX_GOSSIP_PEERS, Gossip, Hello, Kind, Packet, Signer, encode_packet, set_hop_limit
 from .wire.session import HelloReceived, Session
 from .workers.base import PacketHandler, Worker, WorkerContext
 from .workers.registry import load_worker_class
@@ -59,8 +71,14 @@ __all__ = ["Node", "run_daemon"]
 log = logging.getLogger("meshnode.node")
 
 DIAL_TIMEOUT = 10.0
+HEARTBEAT = 1.0          # seconds between overlay heartbeats (re-balance, announcements, deferred sends)
+DEFERRED_PER_LINK = 1024 # packet ids waiting for room in one link's queue (the packets are in the cache)
+EXCHANGE_CANDIDATES = 256  # dial candidates learned from peers (peer exchange), all peers together
+# Links whose TLS is up but whose hello has not come yet, all peers together; one per peer node id.
+MAX_HANDSHAKING = 16
 MAINTENANCE_INTERVAL = 5.0
 RECENT_REFUSALS = 32
+REPLAY_JOURNAL = "replay.journal"   # in data_dir: packet ids seen, so that a restart does not accept replays
 STATUS_MEMBERS = 50      # members listed by `status`; the count says how many there are in all
 
 
@@ -73,6 +91,19 @@ class _WorkerEntry:
     error: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
     subscriptions: list[Subscription] = field(default_factory=list)
+
+
+@dataclass
+class _Candidate:
+    """A node we may dial (a static peer, an mDNS result, an address a peer told us): the overlay's link
+    manager picks among them, so knowing hundreds of members does not mean linking to them all."""
+
+    host: str
+    port: int
+    expected: bytes | None          # the node id it must present, when known
+    backoff: Backoff
+    not_before: float = 0.0         # monotonic time of the next allowed dial
+    failures: int = 0
 
 
 class _WorkerBus:
@@ -108,11 +139,27 @@ class Node:
         self._rng = rng if rng is not None else random.Random()
         lim = config.limits
         self._wire = lim.wire
+        self._reassembly_budget = ReassemblyBudget(lim.wire.reassembly_cap)  # every link's fragment sets, a share per origin
         self._link_settings = LinkSettings(ping_interval=lim.ping_interval, peer_timeout=lim.peer_timeout,
                                            send_queue=lim.send_queue, send_queue_bytes=lim.send_queue_bytes)
-        self.members = MemberDirectory(identity, max_members=lim.max_members,
+        self.members = MemberDirectory(identity, max_members=lim.max_members, member_ttl=lim.member_ttl,
                                        now=lambda: self.clock.wall_us() / 1e6)
-        self.router = Router(dedup_capacity=lim.dedup_cache, dedup_window_s=lim.dedup_window)
+        self.router = Router(dedup_capacity=lim.dedup_cache, dedup_window_s=lim.dedup_window,
+                             max_future_s=lim.clock_skew)
+        self._origin_rates = OriginRates(lim.origin_rate, lim.origin_rate_bytes, max_keys=lim.max_members)
+        # The overlay (off: every packet to every link, every candidate dialled, as before it existed).
+        self._overlay: Overlay | None = None
+        self._cache: MessageCache | None = None
+        if lim.overlay:
+            d = lim.overlay_degree
+            self._overlay = Overlay(OverlaySettings(degree=d, degree_low=max(1, d - 2), degree_high=2 * d,
+                                                    lazy_degree=d), rng=self._rng)
+            self._cache = MessageCache(lim.message_cache_bytes, lim.dedup_window)
+        self._gossip_links: set[bytes] = set()        # peers whose hello lists the "gossip" capability
+        self._deferred: dict[bytes, deque[bytes]] = {}  # peer -> ids that found its queue full
+        self._candidates: dict[object, _Candidate] = {}
+        self._dials_pending: set[object] = set()   # candidates being dialled (TCP/TLS not yet up)
+        self._listen_ports: dict[bytes, int] = {}     # peer -> the port its hello says it listens on
         if transport is None:
             transport = TlsTransport(identity, now=lambda: self.clock.wall_us() / 1e6)
         if hasattr(transport, "on_refused") and getattr(transport, "on_refused") is None:
@@ -135,6 +182,7 @@ class Node:
         # Dial failures and refusals repeat for as long as a peer is down or a stranger knocks: bounded lines.
         self._log_limit = LogLimiter(lambda: self.clock.monotonic())
         self._closed_drops: Counter[str] = Counter()
+        self._conflicts: dict[bytes, int] = {}        # peer -> second links refused while the first was alive
         self._closed_bytes: Counter[str] = Counter()  # wire bytes of links that have ended
         self._started_at: float | None = None
         self._state = "new"
@@ -152,6 +200,10 @@ class Node:
         cfg = self.config
         try:
             cfg.node.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            restored = self.router.open_journal(cfg.node.data_dir / REPLAY_JOURNAL, self.clock.wall_us())
+            if restored:
+                log.info("replay journal: %d packet ids of the last %.0f s restored", restored,
+                         cfg.limits.dedup_window)
             if self._capture_path is not None:
                 from .net.capture_file import CaptureWriter
 
@@ -174,7 +226,9 @@ class Node:
                 await self._discovery.start()
             for peer in cfg.discovery.static_peers:
                 self._start_dialer(("static", str(peer)), peer.host, peer.port, None, initial_delay=0.0)
+            self._manage_links()
             self._spawn(self._maintenance(), "maintenance")
+            self._spawn(self._heartbeat(), "heartbeat")
             await self._start_workers()
         except BaseException:
             await self.stop()
@@ -215,6 +269,7 @@ class Node:
                 await self._control.stop()
             if self._capture is not None:
                 self._capture.close()
+            self.router.close()
             self._state = "stopped"
             log.info("node %s stopped", self.name)
 
@@ -230,6 +285,7 @@ class Node:
             now = self.clock.monotonic()
             for link in list(self._running):
                 link.session.expire(now)
+            self.members.expire(linked=self._links)     # departed members and expired certificates
 
     # ================================================================ publishing
 
@@ -239,12 +295,223 @@ class Node:
         now_us = self.clock.wall_us()
         raw = encode_packet(body, self.signer, hop_limit=hop, timestamp_us=now_us, limits=self._wire)
         packet_id = raw[24:40]
-        self.router.remember(packet_id, now_us, now_us)
+        self.router.remember(self.node_id, packet_id, now_us, now_us)
         self.metrics.inc("packets.published")
-        for link in list(self._links.values()):
-            if not link.send_packet(raw, own=True):
-                self.metrics.inc("dropped.send_queue_full")
+        self._keep_for_peers(packet_id, self.node_id, now_us, raw)
+        for link in self._push_targets(None, self.node_id):
+            self._send_or_defer(link, packet_id, raw, own=True)
         return packet_id
+
+    # ================================================================ the overlay
+
+    def _keep_for_peers(self, packet_id: bytes, origin: bytes, timestamp_us: int, raw: bytes) -> None:
+        """A new packet, as we would relay it: kept to give again, and announced to lazy links."""
+        if self._cache is not None and self._overlay is not None:
+            self._cache.put(packet_id, origin, timestamp_us, raw, self.clock.wall_us())
+            self._overlay.seen(packet_id)
+
+    def _push_targets(self, came_from: Link | None, origin: bytes) -> list[Link]:
+        """The links a new packet is pushed on: every link without the overlay; with it, the eager links
+        and the links of peers that do not speak gossip (they get everything, as before)."""
+        ov = self._overlay
+        return [link for peer, link in list(self._links.items())
+                if link is not came_from and peer != origin
+                and (ov is None or peer not in self._gossip_links or ov.is_eager(peer))]
+
+    def _send_or_defer(self, link: Link, packet_id: bytes, raw: bytes, *, own: bool) -> bool:
+        if link.send_packet(raw, own=own):
+            return True
+        # No room in the link's queue now: with the packet in the cache, keep only its id and send it
+        # when the queue drains (a heartbeat), so relaying a large packet never needs a larger queue.
+        if self._cache is not None and packet_id in self._cache and link.is_open:
+            waiting = self._deferred.setdefault(link.peer_node_id, deque(maxlen=DEFERRED_PER_LINK))
+            if packet_id not in waiting:
+                waiting.append(packet_id)
+            self.metrics.inc("packets.deferred")
+        else:
+            self.metrics.inc("dropped.send_queue_full")
+        return False
+
+    def _send_deferred(self) -> None:
+        if self._cache is None:
+            return
+        for peer, waiting in list(self._deferred.items()):
+            link = self._links.get(peer)
+            if link is None or not link.is_open:
+                self._deferred.pop(peer, None)
+                continue
+            while waiting and link.queue.bytes < link.queue.max_bytes // 2:
+                raw = self._cache.get(waiting[0])
+                if raw is not None and not link.send_packet(raw, own=False):
+                    break
+                waiting.popleft()
+                if raw is None:
+                    self.metrics.inc("dropped.deferred_expired")
+            if not waiting:
+                self._deferred.pop(peer, None)
+
+    def _send_gossip(self, peer: bytes, body: Gossip) -> None:
+        link = self._links.get(peer)
+        if link is None:
+            return
+        raw = encode_packet(body, self.signer, hop_limit=0, timestamp_us=self.clock.wall_us(), limits=self._wire)
+        if link.send_packet(raw, own=True):
+            self.metrics.inc("gossip.sent")
+
+    def _do(self, actions: list[Any]) -> None:
+        for a in actions:
+            if isinstance(a, Graft):
+                self._send_gossip(a.peer, Gossip(mesh="graft"))
+            elif isinstance(a, Prune):
+                self._send_gossip(a.peer, Gossip(mesh="prune"))
+            elif isinstance(a, Have):
+                self._send_gossip(a.peer, Gossip(have=a.ids))
+            elif isinstance(a, Want):
+                self._send_gossip(a.peer, Gossip(want=a.ids))
+            elif isinstance(a, Serve) and self._cache is not None:
+                link = self._links.get(a.peer)
+                for pid in a.ids:
+                    raw = self._cache.get(pid)
+                    if link is not None and raw is not None and self._send_or_defer(link, pid, raw, own=False):
+                        self.metrics.inc("gossip.served")
+
+    def _on_gossip(self, link: Link, packet: Packet) -> None:
+        peer = link.peer_node_id
+        ov, cache = self._overlay, self._cache
+        if ov is None or cache is None or packet.origin != peer or peer not in ov:
+            # Only a linked peer speaks for itself about its own link; anything else is not ours to act on.
+            self._packet_refused(link, packet, "gossip_refused", "gossip not from the linked peer, or the overlay is off")
+            return
+        g: Gossip = packet.body  # type: ignore[assignment]
+        self.metrics.inc("gossip.received")
+        actions: list[Any] = []
+        if g.mesh == "graft":
+            actions += ov.on_graft(peer)
+        elif g.mesh == "prune":
+            ov.on_prune(peer)
+        if g.have:
+            now_us = self.clock.wall_us()
+            cache.expire(now_us)
+            actions += ov.on_have(peer, g.have, lambda pid: not self.router.dedup.knows(pid) and pid not in cache)
+        if g.want:
+            actions += ov.on_want(peer, g.want, cache.__contains__)
+        if g.peers and self.config.discovery.peer_exchange:
+            self._learn_addresses(g.peers)
+        self._do(actions)
+
+    def _learn_addresses(self, peers: tuple[tuple[bytes, str], ...]) -> None:
+        """Peer exchange: dial candidates for members a peer links to, so one bootstrap peer is enough.
+        Only for members (their certificates were checked) and bounded in number; the dial presents the
+        expected node id, so a wrong address costs a failed dial with backoff, never a wrong link."""
+        from .config import ConfigError, parse_peer_address
+
+        known = sum(1 for k in self._candidates if isinstance(k, tuple) and k[0] == "px")
+        for node_id, address in peers:
+            if node_id == self.node_id or node_id not in self.members or ("px", node_id) in self._candidates:
+                continue
+            if known >= EXCHANGE_CANDIDATES:
+                return
+            try:
+                where = parse_peer_address(address)
+            except (ConfigError, ValueError):
+                self.metrics.inc("dropped.bad_address")
+                continue
+            self._add_candidate(("px", node_id), where.host, where.port, node_id, delay=0.0)
+            known += 1
+
+    def _exchange_peers(self, link: Link) -> None:
+        entries = []
+        for peer, other in self._links.items():
+            port = self._listen_ports.get(peer)
+            if other is link or port is None:
+                continue
+            host = other.address.rsplit(":", 1)[0]
+            entries.append((peer, f"{host}:{port}"))
+        if entries:
+            self._rng.shuffle(entries)
+            self._send_gossip(link.peer_node_id, Gossip(peers=tuple(entries[:MAX_GOSSIP_PEERS])))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self.clock.sleep(HEARTBEAT)
+            if self._overlay is not None and self._cache is not None:
+                cache = self._cache
+                self._do(self._overlay.heartbeat(lambda pid: not self.router.dedup.knows(pid) and pid not in cache))
+            self._send_deferred()
+            self._manage_links()
+
+    # ---- candidates and the links we dial
+
+    def _add_candidate(self, key: object, host: str, port: int, expected: bytes | None, *, delay: float) -> None:
+        if key not in self._candidates:
+            backoff = Backoff(self.config.discovery.reconnect_min, self.config.discovery.reconnect_max, self._rng)
+            self._candidates[key] = _Candidate(host, port, expected, backoff,
+                                               not_before=self.clock.monotonic() + delay)
+        if self._state == "running":    # while starting, every static peer is added first, then one pick
+            self._manage_links()
+
+    def _manage_links(self) -> None:
+        """Dial random candidates while fewer than `overlay_degree` links are open or being dialled."""
+        if self._overlay is None or self._state not in ("starting", "running"):
+            return
+        handshaking = sum(1 for link in self._running if link.outbound and link.state is LinkState.HANDSHAKE)
+        room = self.config.limits.overlay_degree - len(self._links) - len(self._dials_pending) - handshaking
+        if room <= 0:
+            return
+        now = self.clock.monotonic()
+        eligible = []
+        for key, c in self._candidates.items():
+            target = c.expected or self._static_ids.get(key)
+            if key in self._dialers or c.not_before > now or (target is not None and (
+                    target in self._links or target in self._dialing)):
+                continue
+            eligible.append(key)
+        for key in self._rng.sample(eligible, min(room, len(eligible))):
+            self._dials_pending.add(key)   # counted now: the task starts later, after more calls may come
+            task = asyncio.get_running_loop().create_task(self._dial_candidate(key), name=f"dial:{key}")
+            self._dialers[key] = task
+            task.add_done_callback(functools.partial(self._dial_done, key))
+
+    def _dial_done(self, key: object, task: asyncio.Task[None]) -> None:
+        self._dials_pending.discard(key)     # also when cancelled before it ever ran
+        if self._dialers.get(key) is task:
+            del self._dialers[key]
+
+    async def _dial_candidate(self, key: object) -> None:
+        c = self._candidates[key]
+        target = c.expected or self._static_ids.get(key)
+        if target is not None:
+            self._dialing.add(target)
+        try:
+            stream = await self._transport.connect(c.host, c.port, timeout=DIAL_TIMEOUT)
+        except TransportError as e:
+            self.metrics.inc("dial.failed")
+            c.failures += 1
+            c.not_before = self.clock.monotonic() + c.backoff.next()
+            self._dial_failed(key, c.host, c.port, e)
+            return
+        except asyncio.CancelledError:
+            self._candidates.pop(key, None)    # discovery lost it, or we are stopping
+            raise
+        finally:
+            self._dials_pending.discard(key)
+            if target is not None:
+                self._dialing.discard(target)
+        if c.failures:
+            log.info("reached %s at %s after %d failed dials", _dial_label(key), _address(c.host, c.port), c.failures)
+            c.failures = 0
+            self._log_limit.forget(("dial", key))
+        self._static_ids[key] = stream.peer_node_id
+        if stream.peer_node_id in self._links:
+            stream.close()
+            return
+        try:
+            if await self._run_link(stream, outbound=True, expected=c.expected):
+                c.backoff.reset()
+            c.not_before = self.clock.monotonic() + c.backoff.next()
+        except asyncio.CancelledError:
+            self._candidates.pop(key, None)
+            raise
 
     def subscribe(self, topic: str, handler: PacketHandler) -> Subscription:
         """Call `handler(packet)` for every new, verified packet on `topic` from another node."""
@@ -277,7 +544,8 @@ class Node:
     # ================================================================ links
 
     def _hello(self) -> Hello:
-        return Hello(name=self.name, public_key=self.signer.public_key_bytes, caps=("vectors",),
+        caps = ("vectors", "gossip") if self._overlay is not None else ("vectors",)
+        return Hello(name=self.name, public_key=self.signer.public_key_bytes, caps=caps,
                      topics=tuple(self.router.topics[:64]), max_frame=self._wire.max_frame,
                      cert=self.identity.cert_der, mesh=self.identity.mesh_id, listen_port=self.port or None)
 
@@ -294,16 +562,19 @@ class Node:
             refusal = "self"
         elif expected is not None and peer != expected:
             refusal = "id_mismatch"
-        elif len(self._running) >= self.config.limits.max_peers:
-            refusal = "max_peers"
+        else:
+            refusal = self._slot_refusal(peer, outbound=outbound)
         if refusal is not None:
             if refusal != "shutting_down":
                 self._on_refused(refusal, stream.peer_address,
-                                 f"certificate node id {peer.hex()[:16]}" if refusal != "max_peers" else
-                                 f"already {len(self._running)} links")
+                                 f"certificate node id {peer.hex()[:16]}" if refusal in ("self", "id_mismatch") else
+                                 f"{len(self._links)} links open, {len(self._running) - len(self._links)} in "
+                                 f"handshake; node {peer.hex()[:16]}")
             stream.close()
             return False
-        session = Session(self.signer, self._hello(), limits=self._wire, key_for=self.members.key_for)
+        session = Session(self.signer, self._hello(), limits=self._wire, key_for=self.members.key_for,
+                          reassembly_budget=self._reassembly_budget, hello_held=self.members.held,
+                          verified=self.members.seen, already_seen=self._already_seen)
         link = Link(stream, session, outbound=outbound, owner=self, settings=self._link_settings, clock=self.clock,
                     capture=self._capture)
         self._running.add(link)
@@ -320,6 +591,31 @@ class Node:
                 self._tasks.discard(task)
             self._notify_closed()
         return link.opened_at is not None
+
+    def _slot_refusal(self, peer: bytes, *, outbound: bool) -> str | None:
+        """Why a new link to `peer` (its certificate already checked) gets no slot, or None.
+
+        One identity, one link: a second one is let in only to replace or race the first (see `_keep`),
+        never a third, so a member cannot hold slots with links that never say hello. Links still in
+        handshake have slots of their own (`MAX_HANDSHAKING`), so they never take one from a member
+        whose link is open, and `max_peers` counts open links only."""
+        mine = [link for link in self._running if link.peer_node_id == peer]
+        # Two links may race (both ends dial at once, or a redial while the old link is not yet known
+        # dead): `_keep` picks one. A third, or a second accepted one still in handshake, is refused.
+        if len(mine) >= 3 or (not outbound and any(not link.outbound and link.state is LinkState.HANDSHAKE
+                                                   for link in mine)):
+            return "one_link_per_node"
+        if peer not in self._links and len(self._links) >= self.config.limits.max_peers:
+            return "max_peers"
+        if len(self._running) - len(self._links) >= MAX_HANDSHAKING:
+            return "handshakes_full"
+        return None
+
+    def _already_seen(self, origin: bytes, packet_id: bytes) -> bool:
+        if self.router.dedup.seen(origin, packet_id):
+            self.metrics.inc("packets.duplicate")
+            return True
+        return False
 
     def _keep(self, existing: Link, new: Link) -> Link:
         """Which of two links to the same peer survives (see the module docstring)."""
@@ -351,6 +647,8 @@ class Node:
                 return
         existing = self._links.get(peer)
         if existing is not None and existing is not link and existing.state.value in ("handshake", "open"):
+            if self._identity_conflict(existing, link):
+                return
             keep = self._keep(existing, link)
             loser = link if keep is existing else existing
             self.metrics.inc("links.duplicate")
@@ -361,33 +659,99 @@ class Node:
                 return
         self._links[peer] = link
         self.metrics.inc("links.opened")
+        if event.hello.listen_port:
+            self._listen_ports[peer] = event.hello.listen_port
+        if self._overlay is not None and self._cache is not None and "gossip" in event.hello.caps:
+            self._gossip_links.add(peer)
+            self._do(self._overlay.link_opened(peer, self._cache.ids(self.clock.wall_us())))
+            self._exchange_peers(link)
         log.info("peer %s (%s) up at %s (%s)", link.name, peer.hex()[:16], link.address,
                  "dialled" if link.outbound else "accepted")
-        for member in self.members:
-            if member.node_id != peer and member.node_id != self.node_id:
-                link.send_control_raw(set_hop_limit(member.hello_raw, 0))
+        # A new link is a new session: the peer may have restarted and hold nothing we told it before.
+        self.members.forget_holder(peer)
+        self._catch_up(link)
         if new_member is not None and event.packet is not None:
             self._announce(event.packet, exclude=link)
+
+    def _identity_conflict(self, existing: Link, new: Link) -> bool:
+        """A second link from the same dialler while the first is alive: two daemons share one identity
+        (a copied key), not a redial (a dialler redials only once its old link is closed or timed out,
+        and then the old link here has heard nothing for a ping interval). Keeping the newer, as `_keep`
+        does for a redial, would make the two twins replace each other for ever; keep the first, refuse
+        the second, and say so loudly."""
+        if existing.outbound != new.outbound or existing.state is not LinkState.OPEN:
+            return False
+        if self.clock.monotonic() - existing.last_rx > self._link_settings.ping_interval:
+            return False
+        self.metrics.inc("links.identity_conflict")
+        peer = new.peer_node_id
+        # Once can be a race of two dialers of one daemon (static and mDNS); twins keep coming back.
+        seen = self._conflicts.pop(peer, 0) + 1
+        self._conflicts[peer] = seen
+        while len(self._conflicts) > 256:
+            self._conflicts.pop(next(iter(self._conflicts)))
+        held = self._log_limit.allow(("identity_conflict", peer), "twin") if seen >= 3 else None
+        if seen < 3:
+            log.info("a second link from node %s (%s) while the first is alive: keeping the first",
+                     peer.hex()[:16], new.address)
+        if held is not None:
+            log.error("two daemons present the identity of node %s: one linked at %s, another at %s; keeping the "
+                      "first. Give every daemon its own key (meshnode node init)%s", new.peer_node_id.hex()[:16],
+                      existing.address, new.address, _held_note(held))
+        new.close("identity_conflict")
+        return True
 
     def _announce(self, packet: Packet, *, exclude: Link) -> None:
         # Membership spreads by news, not by hop count: a node tells its other peers about a member it
         # has just learned (a hello it already holds is not news, so this ends), even when the hello
         # reached it as a hop-limit-0 catch-up. Otherwise, in a line a-b-c-d-e whose c-d link opens
-        # last, e never learns a (found with the simulator).
-        raw = Router.forward_raw(packet) or set_hop_limit(packet.raw, 0)
+        # last, e never learns a (found with the simulator). Never to the peer it came from, to the
+        # member itself, or to a peer that has shown it holds that hello (it sent it to us): those
+        # copies were most of what a join cost (issue 15). The hello of a new peer waits NEWS_DELAY:
+        # in a full mesh the others link to it too, and their catch-ups tell us who holds it. Paced:
+        # see _catch_up.
+        origin = packet.origin
+        delay = NEWS_DELAY if origin == exclude.peer_node_id else 0.0
         for other in list(self._links.values()):
-            if other is not exclude and other.peer_node_id != packet.origin:
-                other.send_control_raw(raw)
+            if other is not exclude and not self.members.holds(other.peer_node_id, origin):
+                self._catch_up(other, (origin,), delay=delay)
+
+    def _catch_up(self, link: Link, node_ids: tuple[bytes, ...] | None = None, *, delay: float = 0.0) -> None:
+        """Send `link`'s peer the hellos of `node_ids` (news, at once), or of every member we hold (the
+        catch-up of a new link: at once from the accepting side, after CATCH_UP_DELAY from the dialling
+        side, so that the peer's catch-up, which may well hold most of them, reaches us first and what
+        it told us is not sent back). Skipped at send time: members
+        forgotten meanwhile, the peer itself, and hellos the peer has shown it holds. Through the
+        link's paced announcements, which never fill more than part of the control lane, so that no
+        number or size of stored hellos can overflow it and close the link (issue 16: a 3 MB hello
+        closed every link with send_stalled)."""
+        peer = link.peer_node_id
+        members = self.members
+
+        def hello_for(node_id: bytes) -> bytes | None:
+            member = members.get(node_id)
+            if member is None or node_id == self.node_id or members.holds(peer, node_id):
+                return None
+            members.note_holder(node_id, peer)        # it will have it: not sent to it twice
+            return set_hop_limit(member.hello_raw, 0)
+
+        if node_ids is None:
+            # The side that accepted the link (usually the one that has been in the mesh longer) goes
+            # first; the dialler (usually the newcomer, holding little) waits, then skips what it was told.
+            link.announce([m.node_id for m in members if m.node_id != peer], hello_for,
+                          delay=CATCH_UP_DELAY if link.outbound else 1e-6)
+        else:
+            link.announce(node_ids, hello_for, delay=delay)
 
     def link_member(self, link: Link, packet: Packet) -> None:
         if packet.origin == self.node_id:
             return
         try:
-            member = self.members.learn(packet)
+            member = self.members.learn(packet, via=link.peer_node_id, relayed=True)
         except MemberRefused as e:
             self.metrics.inc(f"dropped.member_{e.reason}")
             held = self._log_limit.allow(("member", link.peer_node_id), e.reason)
-            if held is not None:   # a member may relay bad hellos without end: bounded lines
+            if held is not None and e.reason != "hello_churn":   # bounded lines; churn is only counted
                 log.warning("member announcement from %s via %s refused: %s%s", packet.origin.hex()[:16], link.name,
                             str(e)[:300], _held_note(held))
             return
@@ -398,28 +762,51 @@ class Node:
         self._announce(packet, exclude=link)
 
     def link_packet(self, link: Link, packet: Packet) -> None:
-        verdict = self.router.accept(packet, self.clock.wall_us())
+        if packet.header.kind is Kind.GOSSIP:
+            self._on_gossip(link, packet)
+            return
+        now_us = self.clock.wall_us()
+        verdict = self.router.dedup.classify(packet.origin, packet.packet_id, packet.header.timestamp_us, now_us)
+        if verdict is Verdict.NEW and not self._origin_rates.allow(packet.origin, len(packet.raw),
+                                                                   self.clock.monotonic()):
+            # Not remembered as seen: a copy that comes later, within the origin's rate, is still new.
+            self._packet_refused(link, packet, "rate_limited", f"over {self.config.limits.origin_rate:g} "
+                                 f"packets/s or {self.config.limits.origin_rate_bytes} bytes/s from one origin")
+            return
+        if verdict is Verdict.NEW:
+            verdict = self.router.accept(packet, now_us)
         if verdict is Verdict.DUPLICATE:
             self.metrics.inc("packets.duplicate")
             return
         if verdict is not Verdict.NEW:
-            self.metrics.inc(f"dropped.{verdict.value}")
-            link.dropped[verdict.value] += 1
+            skew = (packet.header.timestamp_us - now_us) / 1e6
+            self._packet_refused(link, packet, verdict.value,
+                                 f"stamped {skew:+.0f} s from our clock" if verdict is Verdict.FUTURE else
+                                 f"stamped {-skew:.0f} s ago, older than the replay window or this origin's "
+                                 f"horizon")
             return
         self.metrics.inc("packets.received")
         raw = Router.forward_raw(packet)
+        self._keep_for_peers(packet.packet_id, packet.origin, packet.header.timestamp_us,
+                             raw if raw is not None else set_hop_limit(packet.raw, 0))
         if raw is not None:
-            for other in list(self._links.values()):
-                if other is link or other.peer_node_id == packet.origin:
-                    continue
-                if other.send_packet(raw, own=False):
+            for other in self._push_targets(link, packet.origin):
+                if self._send_or_defer(other, packet.packet_id, raw, own=False):
                     self.metrics.inc("packets.forwarded")
-                else:
-                    self.metrics.inc("dropped.send_queue_full")
         topic = getattr(packet.body, "topic", None)
         for sub in self.router.subscribers(topic):
             sub.handler(packet)
             self.metrics.inc("packets.delivered")
+
+    def _packet_refused(self, link: Link, packet: Packet, reason: str, detail: str) -> None:
+        self.metrics.inc(f"dropped.{reason}")
+        link.dropped[reason] += 1
+        # By origin: a member flooding stale, future-stamped or too many packets is named once in a while,
+        # not once per packet (it decides how many there are).
+        held = self._log_limit.allow(("origin", packet.origin), reason)
+        if held is not None:
+            log.warning("dropped packets of %s (via %s): %s: %s%s", packet.origin.hex()[:16], link.name or link.address,
+                        reason, detail, _held_note(held))
 
     def link_dropped(self, link: Link, reason: str, detail: str) -> None:
         self.metrics.inc(f"dropped.{reason}")
@@ -434,10 +821,17 @@ class Node:
             self._closed_drops[f"dropped.evicted_{value}"] += n
         if self._links.get(peer) is link:
             del self._links[peer]
+            self._gossip_links.discard(peer)
+            self._deferred.pop(peer, None)
+            self._listen_ports.pop(peer, None)
+            self.members.forget_holder(peer)
+            if self._overlay is not None:
+                self._overlay.link_closed(peer)
             self.metrics.inc("links.closed")
             self.metrics.inc(f"links.lost.{(link.close_reason or 'closed').split(':')[0]}")
             log.info("peer %s (%s) down: %s", link.name, peer.hex()[:16], link.close_reason)
         self._notify_closed()
+        self._manage_links()
 
     def _notify_closed(self) -> None:
         self._link_closed.set()
@@ -449,16 +843,33 @@ class Node:
         self.metrics.inc(f"refused.{reason}")
         self._refusals.append({"time_us": self.clock.wall_us(), "address": address, "reason": reason,
                                "detail": detail[:300]})
+        if reason == "id_mismatch" and self._discovery is not None:
+            # Another node answered at an mDNS hint's address: for the node ids dialled there, a failure.
+            from .net.tcp import HandshakeRefused
+
+            host, _, port_text = address.rpartition(":")
+            hints = getattr(self._discovery, "hints", None)
+            if hints is not None and port_text.isdigit():
+                for node_id in hints.targeting((host.strip("[]"), int(port_text))):
+                    self._dial_failed(("mdns", node_id), host.strip("[]"), int(port_text),
+                                      HandshakeRefused("id_mismatch", detail))
         if reason in ("self",):
             return
-        # By host, not host:port: a stranger reconnecting comes from a new port every time.
-        held = self._log_limit.allow(("refused", address.rsplit(":", 1)[0]), reason)
+        # By source, not host:port: a stranger reconnecting comes from a new port every time, and an
+        # IPv6 host owns a whole /64 (net/admission.py: the same sources the handshake limits count).
+        from .net.admission import source_of
+
+        host = address.rsplit(":", 1)[0].strip("[]")
+        held = self._log_limit.allow(("refused", source_of(host)), reason)
         if held is not None:
             log.warning("refused %s: %s (%s)%s", address, reason, detail[:300], _held_note(held))
 
     def _start_dialer(self, key: object, host: str, port: int, expected: bytes | None, *,
                       initial_delay: float) -> None:
         if key in self._dialers or self._state in ("stopping", "stopped"):
+            return
+        if self._overlay is not None:
+            self._add_candidate(key, host, port, expected, delay=initial_delay)
             return
         task = asyncio.get_running_loop().create_task(self._dial_loop(key, host, port, expected, initial_delay),
                                                       name=f"dial:{host}:{port}")
@@ -511,6 +922,24 @@ class Node:
             await self.clock.sleep(backoff.next())
 
     def _dial_failed(self, key: object, host: str, port: int, error: TransportError) -> None:
+        hints = getattr(self._discovery, "hints", None)
+        if hints is not None and isinstance(key, tuple) and len(key) == 2 and key[0] == "mdns":
+            # An mDNS address is a hint (net/hints.py): after a failure the next advertised endpoint is
+            # tried, paced per endpoint and in all, instead of redialling a fake address forever.
+            node_id = key[1]
+            reached = getattr(self._transport, "reached", None)
+            if isinstance(reached, dict) and reached.get((host, port)) == node_id and \
+                    hints.current(node_id) == (host, port):
+                hints.linked(node_id)      # it answered as node_id before: a verified endpoint
+            dial = hints.failed(node_id, (host, port), self.clock.monotonic())
+            if dial is not None:
+                task = self._dialers.pop(key, None)
+                candidates = getattr(self, "_candidates", None)
+                if isinstance(candidates, dict):
+                    candidates.pop(key, None)
+                if task is not None:
+                    task.cancel()          # it is not running a link: it just failed to make one
+                self._start_dialer(key, dial.host, dial.port, node_id, initial_delay=dial.delay)
         if getattr(error, "reason", None) is not None:
             return  # a refused handshake: the transport has reported it through _on_refused, bounded there
         # The message names the address and the OS's reason ("Connection refused", "no connection within
@@ -529,6 +958,10 @@ class Node:
     def _on_discovery(self, event: Any) -> None:
         from .net.discovery import PeerFound, PeerLost
 
+        # mDNS answers are hints (net/hints.py, kept by the discovery): a record for a known node id only
+        # adds an endpoint to try if the current one fails; it never redirects a dialler or a link.
+        hints = getattr(self._discovery, "hints", None)
+        key = ("mdns", event.node_id)
         if isinstance(event, PeerFound):
             if any(p.host == event.host and p.port == event.port for p in self.config.discovery.static_peers):
                 return  # a static dialer already covers it
@@ -536,10 +969,21 @@ class Node:
             # so that in the common case only one link is ever made.
             first = self.node_id < event.node_id
             delay = self._rng.uniform(0, 0.1) if first else self.config.discovery.reconnect_min * 2
-            self._start_dialer(("mdns", event.node_id), event.host, event.port, event.node_id,
-                               initial_delay=delay)
+            if hints is None:
+                self._start_dialer(key, event.host, event.port, event.node_id, initial_delay=delay)
+                return
+            dial = hints.found(event.node_id, event.endpoints or ((event.host, event.port),), self.clock.monotonic())
+            if dial is not None:
+                self._start_dialer(key, dial.host, dial.port, event.node_id, initial_delay=dial.delay + delay)
         elif isinstance(event, PeerLost):
-            task = self._dialers.pop(("mdns", event.node_id), None)
+            if event.node_id in self._links:
+                return  # anyone can send a goodbye for any name: it must not end a working link
+            if hints is not None:
+                hints.lost(event.node_id)
+            candidates = getattr(self, "_candidates", None)
+            if isinstance(candidates, dict):
+                candidates.pop(key, None)
+            task = self._dialers.pop(key, None)
             if task is not None:
                 task.cancel()
 
@@ -596,11 +1040,21 @@ class Node:
             "version": __version__, "state": self._state,
             "listen": f"{self.config.node.listen_host}:{self.port}", "uptime_s": round(uptime, 3),
             "peers": len(self._links), "members": len(self.members), "member_list": self._member_list(),
+            "overlay": self._overlay_status(),
             "workers": len(self._workers),
             "data_dir": str(self.config.node.data_dir), "mdns": self._discovery is not None,
             "capture": str(self._capture_path) if self._capture is not None else None,
             "recent_refusals": list(self._refusals),
         }
+
+    def _overlay_status(self) -> dict[str, Any] | None:
+        if self._overlay is None or self._cache is None:
+            return None
+        st = self._overlay.settings
+        return {"degree": st.degree, "degree_low": st.degree_low, "degree_high": st.degree_high,
+                "eager": len(self._overlay.eager), "lazy": len(self._overlay.lazy),
+                "candidates": len(self._candidates), "cached_packets": len(self._cache),
+                "cached_bytes": self._cache.bytes, "deferred": sum(map(len, self._deferred.values()))}
 
     def _member_list(self) -> list[dict[str, Any]]:
         # Linked members first, then by name; at most STATUS_MEMBERS (the directory holds up to
@@ -612,7 +1066,17 @@ class Node:
     def peers(self) -> list[dict[str, Any]]:
         listed = list(self._links.values())
         listed += [link for link in self._running if link not in listed]
-        return [link.stats() for link in listed]
+        return [{**link.stats(), "role": self._role_of(link)} for link in listed]
+
+    def _role_of(self, link: Link) -> str | None:
+        """The link's part in the overlay: "eager" (packets pushed), "lazy" (ids announced), "flood" (a
+        peer without gossip, or the overlay off: everything pushed), None while it is not open."""
+        peer = link.peer_node_id
+        if self._links.get(peer) is not link:
+            return None
+        if self._overlay is None or peer not in self._gossip_links:
+            return "flood"
+        return "eager" if self._overlay.is_eager(peer) else "lazy"
 
     def workers(self) -> list[dict[str, Any]]:
         out = []
@@ -663,6 +1127,9 @@ class Node:
                 out[f"discovery.{name}"] += value
         out["peers"] = len(self._links)
         out["members"] = len(self.members)
+        if self._overlay is not None:
+            out["overlay.eager"] = len(self._overlay.eager)
+            out["overlay.lazy"] = len(self._overlay.lazy)
         if self._log_limit.held_back:
             out["log.held_back"] = self._log_limit.held_back
         return dict(sorted(out.items()))
@@ -680,6 +1147,8 @@ def _dial_label(key: object) -> str:
     """Who a dialer dials, for log lines: a static peer, or a node found over mDNS."""
     if isinstance(key, tuple) and len(key) == 2 and key[0] == "mdns" and isinstance(key[1], bytes):
         return f"mDNS peer {key[1].hex()[:16]}"
+    if isinstance(key, tuple) and len(key) == 2 and key[0] == "px" and isinstance(key[1], bytes):
+        return f"member {key[1].hex()[:16]} (address from a peer)"
     return "static peer"
 
 

@@ -19,6 +19,10 @@ Packets are encoded twice: with meshnode's encoder, and with `raw_packet` below,
 transcription of SPEC §2 (struct + msgpack + Ed25519). The script stops if the two disagree, and
 the malformed packets are built with `raw_packet` or by editing bytes, never with a private switch
 of the real encoder.
+
+The Ed25519 edge cases (SPEC §2, "Verification rule": non-canonical S and R, small-order and
+non-canonical keys, a mixed-order key) need signatures no library makes on purpose: `Ed25519` below
+is textbook curve arithmetic (RFC 8032 §5.1) used only for them, slow and not constant-time.
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT.parent) not in sys.path:
     sys.path.insert(0, str(ROOT.parent))
 
-from meshnode.inspect import Result, TrustStore, inspect_bytes  # noqa: E402
+from meshnode.inspect import Result, TrustStore, format_for_name, inspect_bytes  # noqa: E402
 from meshnode.wire import capture, frames  # noqa: E402
 from meshnode.wire.packet import (  # noqa: E402
-    Ack, Body, Bye, Delta, DeltaTensor, Fragment, Hello, Knowledge, Nack, Ping, Pong, Signer, Tensor, VectorBlock,
+    Ack, Body, Bye, Delta, DeltaTensor, Fragment, Gossip, Hello, Knowledge, Nack, Ping, Pong, Signer, Tensor, VectorBlock,
     Vectors, body_to_wire, encode_packet, set_hop_limit,
 )
 
@@ -58,6 +62,75 @@ FRAGMENT_SIZE = 1024                    # F for the fragment set (small, to keep
 # SPEC §2 header: magic, major, minor, kind, flags, hop limit, reserved(3), body length, timestamp, id, origin
 HEADER = struct.Struct("<4sBBBBB3sIQ16s32s")
 DOMAIN = b"meshnode/packet/v1\x00"
+
+
+class Ed25519:
+    """Edwards25519 in affine coordinates (RFC 8032 §5.1), for building edge-case signatures only."""
+
+    P = 2**255 - 19
+    L = 2**252 + 27742317777372353535851937790883648493
+    D = -121665 * pow(121666, -1, P) % P
+    SQRT_M1 = pow(2, (P - 1) // 4, P)
+    IDENTITY = (0, 1)
+
+    @classmethod
+    def add(cls, p: tuple[int, int], q: tuple[int, int]) -> tuple[int, int]:
+        (x1, y1), (x2, y2), P = p, q, cls.P
+        t = cls.D * x1 * x2 * y1 * y2 % P
+        return (x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P
+
+    @classmethod
+    def mul(cls, k: int, p: tuple[int, int]) -> tuple[int, int]:
+        r = cls.IDENTITY
+        while k:
+            if k & 1:
+                r = cls.add(r, p)
+            p, k = cls.add(p, p), k >> 1
+        return r
+
+    @classmethod
+    def x_of(cls, y: int, sign: int) -> int | None:
+        P = cls.P
+        u = (y * y - 1) * pow(cls.D * y * y + 1, -1, P) % P
+        x = pow(u, (P + 3) // 8, P)
+        if (x * x - u) % P:
+            x = x * cls.SQRT_M1 % P
+        if (x * x - u) % P:
+            return None
+        return P - x if x and x & 1 != sign else x
+
+    @classmethod
+    def encode(cls, p: tuple[int, int]) -> bytes:
+        return (p[1] | (p[0] & 1) << 255).to_bytes(32, "little")
+
+    @classmethod
+    def base(cls) -> tuple[int, int]:
+        y = 4 * pow(5, -1, cls.P) % cls.P
+        x = cls.x_of(y, 0)
+        assert x is not None
+        return x, y
+
+    @classmethod
+    def order8(cls) -> tuple[int, int]:
+        """A point of order 8: L times the first point (by y) of the curve whose multiple is one."""
+        for y in range(2, 100):
+            x = cls.x_of(y, 0)
+            if x is not None:
+                t = cls.mul(cls.L, (x, y))
+                if cls.mul(4, t) != cls.IDENTITY:
+                    return t
+        raise AssertionError("no point of order 8 found")
+
+    @classmethod
+    def h(cls, *parts: bytes) -> int:
+        return int.from_bytes(hashlib.sha512(b"".join(parts)).digest(), "little") % cls.L
+
+    @classmethod
+    def secret(cls, seed: bytes) -> tuple[int, bytes]:
+        """RFC 8032 §5.1.5: the secret scalar a and the nonce prefix of a 32-byte seed."""
+        digest = hashlib.sha512(seed).digest()
+        a = int.from_bytes(digest[:32], "little") & ((1 << 254) - 8) | 1 << 254
+        return a, digest[32:]
 
 
 def pid(n: int) -> bytes:
@@ -238,7 +311,301 @@ def build() -> tuple[dict[str, bytes], dict[str, bytes]]:
     b[m + "bad_fragment.frames"] = b"".join(
         frame(encode_packet(f, None, origin=signer.node_id, packet_id=pid(220 + i), timestamp_us=T0, hop_limit=0))
         for i, f in enumerate((f0, f1)))
+    _more_valid(v, signer)
+    _more_malformed(v, b, signer, other, whole)
     return v, b
+
+
+def mp(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def map_of(*pairs: tuple[bytes, bytes]) -> bytes:
+    """A msgpack map from already packed (key, value) pairs: keys may repeat, values be anything."""
+    n = len(pairs)
+    head = bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack(">H", n) if n < 1 << 16 else b"\xdf" + struct.pack(">I", n)
+    return head + b"".join(k + v for k, v in pairs)
+
+
+def array_of(items: list[bytes]) -> bytes:
+    n = len(items)
+    head = bytes([0x90 | n]) if n < 16 else b"\xdc" + struct.pack(">H", n) if n < 1 << 16 else b"\xdd" + struct.pack(">I", n)
+    return head + b"".join(items)
+
+
+def with_signature(unsigned: bytes, sign: Any) -> bytes:
+    """`unsigned` (header with flags bit 0 set, and body) followed by sign(SPEC §2 signature input)."""
+    message = DOMAIN + unsigned[:8] + b"\0" + unsigned[9:72] + hashlib.sha256(unsigned[72:]).digest()
+    return unsigned + sign(message)
+
+
+def openssl_accepts(public_key: bytes, packet: bytes) -> bool:
+    """What `cryptography` (OpenSSL) alone says about the packet's signature: the generator asserts it,
+    so each Ed25519 vector documents what OpenSSL does (SPEC §2, "Verification rule")."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    n = struct.unpack_from("<I", packet, 12)[0]
+    message = DOMAIN + packet[:8] + b"\0" + packet[9:72] + hashlib.sha256(packet[72:72 + n]).digest()
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(packet[72 + n:], message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def hello_body(name: str, public_key: bytes) -> dict[str, Any]:
+    return {"name": name, "public_key": public_key, "caps": [], "topics": [], "max_frame": 1 << 20}
+
+
+def _more_valid(v: dict[str, bytes], signer: Signer) -> None:
+    """Valid inputs that pin a rule a second implementation could get wrong (SPEC §3, §4, §2)."""
+    # Any msgpack int width (SPEC §3): seq 7 as uint 64, sent_us as uint 32 -- not msgpack's shortest form.
+    body = map_of((mp("seq"), b"\xcf" + (7).to_bytes(8, "big")), (mp("sent_us"), b"\xce" + (1 << 31).to_bytes(4, "big")))
+    v["23_ping_wide_ints.bin"] = raw_packet(2, body, signer, packet_id=pid(23), timestamp_us=T0 + 23)
+    # labels / ids span -2**63 .. 2**64-1; meta floats (float 32 and 64) that are finite.
+    block = VectorBlock.from_trits(trits("extremes", 2, 16, 0.3), SPACE, "dense2")
+    body = map_of((mp("topic"), mp("extremes")), (mp("vectors"), mp(body_to_wire(Vectors(topic="x", vectors=block))["vectors"])),
+                  (mp("labels"), array_of([mp(-(1 << 63)), mp((1 << 64) - 1)])),
+                  (mp("ids"), array_of([mp(-(1 << 63)), mp("x")])),
+                  (mp("meta"), map_of((mp("f32"), b"\xca" + struct.pack(">f", 0.5)), (mp("f64"), mp(-1e300)))))
+    v["24_vectors_int_extremes.bin"] = raw_packet(4, body, signer, packet_id=pid(24), timestamp_us=T0 + 24)
+    # A tensor with a 0 in its shape has 0 elements, however large the other entries (SPEC §3.2).
+    body = {"topic": "lora", "group": b"g", "round": 0, "chunk": 0, "chunks": 1, "codec": "raw",
+            "tensors": [{"name": "empty", "shape": [0], "values": {"dtype": "f32", "shape": [(1 << 64) - 1, 0, (1 << 64) - 1],
+                                                                  "data": b""}}]}
+    v["25_delta_empty_tensor.bin"] = raw_packet(6, body, signer, packet_id=pid(25), timestamp_us=T0 + 25)
+    # A mixed-order key (golden key + a point of order 8) with a signature for which the cofactorless
+    # equation holds (k = 0 mod 8): every verifier accepts it (SPEC §2: such keys are not refused).
+    ed = Ed25519
+    a, prefix = ed.secret(SEED)
+    mixed = ed.encode(ed.add(ed.mul(a, ed.base()), ed.order8()))
+    for i in range(64):
+        raw, k = _mixed_hello(mixed, a, prefix, f"mixed-{i}", 26)
+        if k % 8 == 0:
+            assert openssl_accepts(mixed, raw)
+            v["26_hello_mixed_order_key.bin"] = raw
+            break
+    # Fragments that carry a signature (here 64 zero bytes): receivers do not check it (SPEC §4).
+    whole = v["02_ping.bin"]
+    pieces = []
+    for i, piece in enumerate((whole[:100], whole[100:])):
+        frag = raw_packet(9, {"whole": whole[24:40], "index": i, "count": 2, "total": len(whole), "data": piece}, None,
+                          packet_id=pid(270 + i), timestamp_us=T0 + 270, hop_limit=0, origin=signer.node_id, flags=1)
+        pieces.append(frame(frag + bytes(64)))
+    v["27_fragments_signed.frames"] = b"".join(pieces)
+    # The overlay's link-local control (SPEC §4, §6.1): what the sender holds, what it asks for, a
+    # graft, and one dial hint; hop limit 0 as every gossip packet.
+    g = Gossip(have=(pid(13), pid(19)), want=(pid(14),), mesh="graft", peers=((bytes(range(32)), "192.0.2.7:7946"),))
+    raw = encode_packet(g, signer, packet_id=pid(28), timestamp_us=T0 + 28, hop_limit=0)
+    assert raw == raw_packet(11, body_to_wire(g), signer, packet_id=pid(28), timestamp_us=T0 + 28, hop_limit=0)
+    v["28_gossip.bin"] = raw
+
+
+def _mixed_hello(key: bytes, a: int, prefix: bytes, name: str, n: int) -> tuple[bytes, int]:
+    """A hello carrying `key` = [a]B + T, signed as RFC 8032 would with secret a; and its k."""
+    ed = Ed25519
+    unsigned = raw_packet(1, hello_body(name, key), None, packet_id=pid(n), timestamp_us=T0 + n,
+                          origin=hashlib.sha256(key).digest(), flags=1)
+    box: dict[str, int] = {}
+
+    def sign(message: bytes) -> bytes:
+        r = ed.h(prefix, message)
+        big_r = ed.encode(ed.mul(r, ed.base()))
+        box["k"] = k = ed.h(big_r, key, message)
+        return big_r + ((r + k * a) % ed.L).to_bytes(32, "little")
+    return with_signature(unsigned, sign), box["k"]
+
+
+def _more_malformed(v: dict[str, bytes], b: dict[str, bytes], signer: Signer, other: Signer, whole: bytes) -> None:
+    """Malformed inputs for every error class SPEC §8 promises (see vectors/README.md)."""
+    m = "malformed/"
+    ping = v["02_ping.bin"]
+    n = iter(range(300, 1000))
+
+    def packet(kind: int, body: bytes | dict[str, Any], **kw: Any) -> bytes:
+        return raw_packet(kind, body, signer, packet_id=pid(next(n)), timestamp_us=T0, **kw)
+
+    # ---- header and framing (SPEC §1-2)
+    b[m + "bad_header_reserved.bin"] = packet(2, {"seq": 7}, reserved=b"\0\x01\0")
+    b[m + "truncated_empty.bin"] = b""
+    b[m + "truncated_magic.bin"] = b"MN"
+    b[m + "unsupported_version_short.bin"] = b"MNPK\x02"
+    b[m + "frame_length_zero.frames"] = frame(ping) + b"\0\0\0\0" + frame(v["03_pong.bin"])
+    b[m + "frames_first_bad.frames"] = frame(b"MNPQ" + ping[4:]) + frame(v["03_pong.bin"])
+    b[m + "trailing_data_in_frame.frames"] = frame(ping + b"\0") + frame(v["03_pong.bin"])
+    b[m + "truncated_stream_prefix.frames"] = frame(ping) + b"\x9f\x00"
+
+    # ---- msgpack (SPEC §3)
+    b[m + "bad_body_duplicate_key.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("seq"), mp(8))))
+    block = body_to_wire(Vectors(topic="x", vectors=VectorBlock.from_trits(trits("dup", 1, 8, 0.3), SPACE, "dense2")))
+    b[m + "bad_body_duplicate_key_nested.bin"] = packet(4, map_of(
+        (mp("topic"), mp("x")), (mp("vectors"), mp(block["vectors"])),
+        (mp("meta"), map_of((mp("a"), mp(1)), (mp("a"), mp(1))))))
+    b[m + "bad_body_utf8.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("note"), b"\xa2\xff\xfe")))
+    b[m + "bad_body_utf8_surrogate.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("note"), b"\xa3\xed\xa0\x80")))
+    b[m + "bad_body_utf8_overlong_key.bin"] = packet(2, map_of((mp("seq"), mp(7)), (b"\xa2\xc0\xaf", mp(1))))
+    b[m + "bad_body_nan.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("loss"), b"\xcb" + struct.pack(">d", float("nan")))))
+    b[m + "bad_body_infinity_f32.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("x"), b"\xca" + struct.pack(">f", float("inf")))))
+    deep: Any = 1
+    for _ in range(8):
+        deep = [deep]                                  # the body map is depth 1: this reaches depth 10
+    b[m + "bad_body_depth.bin"] = packet(2, {"seq": 7, "deep": deep})
+    b[m + "bad_body_array_entries.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("x"), array_of([b"\xc0"] * 65537))))
+    keys = [bytes((0xa3, 0x21 + i // 8100, 0x21 + i // 90 % 90, 0x21 + i % 90)) for i in range(65537)]
+    b[m + "bad_body_map_entries.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("x"), map_of(*((k, b"\xc0") for k in keys)))))
+    # 8 arrays of 65536 empty arrays: 8 * (65537 + 65536) entries, over 16 * 65536 in all.
+    b[m + "bad_body_total_entries.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("x"), array_of([array_of([b"\x90"] * 65536)] * 8))))
+    b[m + "bad_body_str_length.bin"] = packet(2, {"seq": 7, "note": "x" * 65537})
+    b[m + "bad_body_key_length.bin"] = packet(2, {"seq": 7, "x" * 65537: 1})
+    b[m + "bad_body_ext.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("x"), b"\xd4\x01\x00")))
+    b[m + "bad_body_timestamp_ext.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp("t"), b"\xd6\xff\x00\x00\x00\x00")))
+    b[m + "bad_body_int_key.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp(1), mp(2))))
+    b[m + "bad_body_bin_key.bin"] = packet(2, map_of((mp("seq"), mp(7)), (mp(b"k"), mp(2))))
+    b[m + "bad_body_not_map.bin"] = packet(2, mp([7]))
+    b[m + "bad_body_nil_int.bin"] = packet(2, {"seq": None})
+    b[m + "bad_body_bool_int.bin"] = packet(2, {"seq": True})
+    b[m + "bad_body_float_int.bin"] = packet(2, {"seq": 7.0})
+    b[m + "bad_body_negative_int.bin"] = packet(2, {"seq": -1})
+    b[m + "bad_body_optional_nil.bin"] = packet(2, {"seq": 7, "sent_us": None})
+    # ---- further rules of SPEC §4
+    b[m + "bad_body_topic_empty.bin"] = packet(4, {"topic": "", "vectors": block["vectors"]})
+    b[m + "bad_body_labels_count.bin"] = packet(4, {"topic": "x", "vectors": block["vectors"], "labels": [1, 2]})
+    b[m + "bad_body_hello_max_frame.bin"] = packet(1, {**hello_body("golden", signer.public_key_bytes), "max_frame": 1023})
+    b[m + "bad_body_delta_chunk.bin"] = packet(6, {"topic": "lora", "group": b"g", "round": 0, "chunk": 1, "chunks": 1,
+                                                   "codec": "raw", "tensors": []})
+    b[m + "bad_body_ack_ref.bin"] = packet(7, {"ref": bytes(15)})
+    b[m + "bad_body_knowledge_form.bin"] = packet(5, {"topic": "x", "task": "t", "form": "prototypes", "classes": ["a"]})
+
+    # ---- vector blocks (SPEC §3.1)
+    def vblock(dim: Any, count: Any, encoding: Any, data: Any, space: Any = SPACE) -> bytes:
+        return packet(4, {"topic": "x", "vectors": {"space": space, "dim": dim, "count": count, "encoding": encoding,
+                                                    "data": data}})
+    b[m + "bad_padding_sparse.bin"] = vblock(10, 1, 2, bytes.fromhex("01000000 0100 02"))
+    b[m + "bad_trit_sparse_position.bin"] = vblock(10, 1, 2, bytes.fromhex("01000000 0a00 00"))
+    # Two passes: every position < D first, then the order. Vector 0's positions are not increasing,
+    # but vector 1's position 12 >= D is what is reported.
+    b[m + "bad_trit_sparse_passes.bin"] = vblock(10, 2, 2, bytes.fromhex("02000000 01000000 0500 0300 0c00 00"))
+    b[m + "bad_length_sparse_counts.bin"] = vblock(10, 2, 2, bytes.fromhex("00000000"))
+    b[m + "bad_length_sparse_total.bin"] = vblock(10, 1, 2, bytes.fromhex("01000000 0100"))
+    # data sent as bin 32 while meta holds the same byte as bin 8: the offset is data's byte, where the
+    # parser found it (a search for the shortest encoding of data would find meta's).
+    b[m + "bad_trit_long_bin_header.bin"] = packet(4, map_of(
+        (mp("topic"), mp("x")), (mp("meta"), map_of((mp("copy"), mp(b"\x02")))),
+        (mp("vectors"), map_of((mp("space"), mp(SPACE)), (mp("dim"), mp(4)), (mp("count"), mp(1)), (mp("encoding"), mp(0)),
+                               (mp("data"), b"\xc6\x00\x00\x00\x01\x02")))))
+    good = body_to_wire(Delta(topic="lora", group=b"g", round=0, chunk=0, chunks=1, codec="raw", tensors=(
+        DeltaTensor(name="a", shape=(2, 8), trits=VectorBlock.from_trits(trits("delta-ok", 2, 8, 0.3), b"s", "dense2")),
+        DeltaTensor(name="b", shape=(1, 5), trits=VectorBlock.from_trits(trits("delta-bad", 1, 5, 0.3), b"s", "base3")))))
+    good["tensors"][1]["trits"]["data"] = b"\xf4"                       # base3 byte 244
+    b[m + "bad_trit_delta.bin"] = packet(6, good)
+    b[m + "too_large_count.bin"] = vblock(0, 65537, 0, b"")
+    b[m + "too_large_trits.bin"] = vblock(65537, 65536, 0, b"")         # N x D = 4295032832 passes 32 bits
+    b[m + "bad_dimension_bool.bin"] = vblock(True, 1, 0, b"\0")
+    b[m + "bad_body_space.bin"] = vblock(4, 1, 0, b"\0", space=bytes(33))
+    b[m + "bad_body_vector_data.bin"] = vblock(4, 1, 0, "x")
+
+    # ---- tensors (SPEC §3.2), as the weight of a "linear" knowledge packet
+    def weight(dtype: Any, shape: Any, data: Any) -> bytes:
+        return packet(5, {"topic": "x", "task": "t", "form": "linear", "classes": ["a", "b"],
+                          "weight": {"dtype": dtype, "shape": shape, "data": data}})
+    b[m + "bad_body_tensor_dtype.bin"] = weight("f64", [2, 1], bytes(16))
+    b[m + "bad_body_tensor_shape.bin"] = weight("f32", [2, -1], b"")
+    b[m + "bad_body_tensor_data.bin"] = weight("f32", [2, 1], "xxxxxxxx")
+    b[m + "bad_dimension_tensor_dims.bin"] = weight("f32", [2] + [1] * 8, bytes(8))
+    b[m + "bad_dimension_tensor_elements.bin"] = weight("u8", [16384, 16385], b"")
+    b[m + "bad_dimension_tensor_overflow.bin"] = weight("u8", [1 << 32, 1 << 32], b"")   # 2**64: 0 in u64
+    b[m + "bad_length_tensor.bin"] = weight("f32", [2, 1], bytes(7))
+
+    # ---- fragments (SPEC §4-5); F = 100 bytes of the 159-byte ping unless stated
+    def frag(index: int, count: int, total: int, data: bytes, *, whole_id: bytes = ping[24:40]) -> bytes:
+        return frame(raw_packet(9, {"whole": whole_id, "index": index, "count": count, "total": total, "data": data},
+                                None, packet_id=pid(next(n)), timestamp_us=T0, hop_limit=0, origin=signer.node_id))
+    t = len(ping)
+    b[m + "bad_fragment_count_zero.frames"] = frag(0, 0, t, ping[:100])
+    b[m + "bad_fragment_index.frames"] = frag(2, 2, t, ping[100:])
+    b[m + "bad_fragment_total.frames"] = frag(1, 2, (64 << 20) + 72 + 64 + 1, b"x")
+    b[m + "bad_fragment_empty_data.frames"] = frag(0, 2, t, b"")
+    b[m + "bad_fragment_data_over_total.frames"] = frag(0, 2, 4, b"12345")
+    b[m + "bad_fragment_piece_size.frames"] = frag(0, 2, t, ping[:100]) + frag(1, 2, t, ping[99:])
+    b[m + "bad_fragment_last_piece.frames"] = frag(2, 3, t, ping[149:])   # F = (159 - 10) / 2 is not whole
+    b[m + "bad_fragment_duplicate.frames"] = frag(0, 2, t, ping[:100]) + frag(0, 2, t, b"X" + ping[1:100])
+    inner = raw_packet(9, {"whole": pid(1), "index": 0, "count": 1, "total": 1, "data": b"x"}, None, packet_id=pid(next(n)),
+                       timestamp_us=T0, hop_limit=0, origin=signer.node_id)
+    half = len(inner) // 2
+    b[m + "bad_fragment_nested.frames"] = (frag(0, 2, len(inner), inner[:half], whole_id=inner[24:40])
+                                           + frag(1, 2, len(inner), inner[half:], whole_id=inner[24:40]))
+    # total + 2 pieces x 128 + 512 > the 64 MiB cap: refused at its first piece (the last, 1 byte).
+    b[m + "reassembly_full.frames"] = frag(1, 2, (64 << 20) + 72 + 64, b"x")
+    unsigned = raw_packet(2, {"seq": 7}, None, packet_id=pid(next(n)), timestamp_us=T0, origin=signer.node_id)
+    b[m + "unsigned_reassembled.frames"] = (frag(0, 2, len(unsigned), unsigned[:50], whole_id=unsigned[24:40])
+                                            + frag(1, 2, len(unsigned), unsigned[50:], whole_id=unsigned[24:40]))
+
+    # ---- capture files (SPEC Appendix A)
+    def record(packet_bytes: bytes, *, address: bytes = b"192.0.2.7:7946", direction: int = 1,
+               length: int | None = None) -> bytes:
+        plen = len(packet_bytes) if length is None else length
+        return (struct.pack("<QB32sH", T0 + 1000, direction, other.node_id, len(address)) + address
+                + struct.pack("<I", plen) + packet_bytes)
+    good_record = record(ping)
+    b[m + "capture_bad_magic.mncap"] = b"MNCAX\x00\x01\x00" + good_record
+    b[m + "capture_unsupported_version.mncap"] = b"MNCAP\x00\x02\x00" + good_record
+    b[m + "capture_truncated_header.mncap"] = capture.CAPTURE_MAGIC[:7]
+    b[m + "capture_truncated_record.mncap"] = capture.CAPTURE_MAGIC + good_record + good_record[:-10]
+    b[m + "capture_bad_direction.mncap"] = capture.CAPTURE_MAGIC + good_record + record(ping, direction=2)
+    b[m + "capture_address_too_long.mncap"] = capture.CAPTURE_MAGIC + record(ping, address=b"x" * 1025)
+    b[m + "capture_address_not_utf8.mncap"] = capture.CAPTURE_MAGIC + record(ping, address=b"192.0.2.\xff:1")
+    b[m + "capture_packet_too_large.mncap"] = capture.CAPTURE_MAGIC + record(b"", length=(64 << 20) + 72 + 64 + 1)
+    b[m + "capture_bad_packet.mncap"] = capture.CAPTURE_MAGIC + record(b"MNPQ" + ping[4:]) + good_record
+
+    # ---- hex text
+    b[m + "hex_odd_digits.hex"] = hex_text(ping)[:-2] + b"\n"
+    b[m + "hex_bad_character.hex"] = hex_text(ping).replace(b"4d 4e 50 4b 01", b"4d 4e 50 4b 0g", 1)
+
+    # ---- signatures (SPEC §2 "Verification rule", §6)
+    ed = Ed25519
+    a, prefix = ed.secret(SEED)
+    gold = signer.public_key_bytes
+    s_value = int.from_bytes(ping[-32:], "little")
+    b[m + "ed25519_s_not_canonical.bin"] = ping[:-32] + (s_value + ed.L).to_bytes(32, "little")
+    assert not openssl_accepts(gold, b[m + "ed25519_s_not_canonical.bin"])
+    identity = ed.encode(ed.IDENTITY)
+    identity_p1 = (ed.P + 1).to_bytes(32, "little")                     # the identity with y = p + 1
+
+    def with_r(big_r: bytes) -> bytes:
+        """A ping signed with R = big_r and S = k * a: [S]B = R + [k]A holds for R = the identity."""
+        unsigned = raw_packet(2, {"seq": 7}, None, packet_id=pid(next(n)), timestamp_us=T0, origin=signer.node_id, flags=1)
+        return with_signature(unsigned, lambda msg: big_r + (ed.h(big_r, gold, msg) * a % ed.L).to_bytes(32, "little"))
+    b[m + "ed25519_r_small_order.bin"] = with_r(identity)
+    assert openssl_accepts(gold, b[m + "ed25519_r_small_order.bin"])          # OpenSSL alone would accept it
+    b[m + "ed25519_r_not_canonical.bin"] = with_r(identity_p1)
+    assert not openssl_accepts(gold, b[m + "ed25519_r_not_canonical.bin"])    # R is compared by its encoding
+
+    def keyed_hello(key: bytes, name: str) -> bytes:
+        """A hello carrying `key`, signed with R = identity, S = 0: valid under the cofactorless
+        equation whenever [k]key is the identity (always for the identity, 1 in 8 for order 8)."""
+        unsigned = raw_packet(1, hello_body(name, key), None, packet_id=pid(next(n)), timestamp_us=T0,
+                              origin=hashlib.sha256(key).digest(), flags=1)
+        return with_signature(unsigned, lambda msg: identity + bytes(32))
+    b[m + "ed25519_key_small_order.bin"] = keyed_hello(identity, "small-order")
+    b[m + "ed25519_key_not_canonical.bin"] = keyed_hello(identity_p1, "not-canonical")
+    t8 = ed.order8()
+    for i in range(64):
+        raw = keyed_hello(ed.encode(t8), f"order-8-{i}")
+        if openssl_accepts(ed.encode(t8), raw):
+            b[m + "ed25519_key_small_order_8.bin"] = raw
+            break
+    for name in ("ed25519_key_small_order.bin", "ed25519_key_not_canonical.bin", "ed25519_key_small_order_8.bin"):
+        raw = b[m + name]                                               # OpenSSL alone would accept each
+        assert openssl_accepts(msgpack.unpackb(raw[72:-64])["public_key"], raw), name
+    mixed = ed.encode(ed.add(ed.mul(a, ed.base()), t8))
+    for i in range(64):
+        raw, k = _mixed_hello(mixed, a, prefix, f"mixed-{i}", next(n))
+        if k % 8:       # the cofactored equation [8][S]B = [8]R + [8][k]A holds, the cofactorless one does not
+            assert not openssl_accepts(mixed, raw)
+            b[m + "ed25519_key_mixed_order_cofactored.bin"] = raw
+            break
+    # A hello correctly signed by the golden key, whose origin is another node's id.
+    b[m + "hello_origin_mismatch.bin"] = packet(1, hello_body("golden", gold), origin=other.node_id)
 
 
 def golden_trust() -> TrustStore:
@@ -247,9 +614,10 @@ def golden_trust() -> TrustStore:
     return trust
 
 
-def expected(data: bytes) -> list[dict[str, Any]]:
-    """What `meshnode inspect --json --trust golden-node.pub` prints for `data`, minus "file" keys."""
-    results: list[Result] = list(inspect_bytes(data, golden_trust()))
+def expected(name: str, data: bytes) -> list[dict[str, Any]]:
+    """What `meshnode inspect --json --trust golden-node.pub NAME` prints for `data`, minus "file"
+    keys: the form of the input is the one its suffix names (docs/INSPECT.md)."""
+    results: list[Result] = list(inspect_bytes(data, golden_trust(), fmt=format_for_name(name)))
     return [r if isinstance(r, dict) else r.as_json() for r in results]
 
 
@@ -264,7 +632,7 @@ def render() -> dict[str, bytes]:
     for name, content in {**valid, **bad}.items():
         assert name.endswith(INPUT_SUFFIXES), name
         files[name] = content
-        files[json_name(name)] = (json.dumps(expected(content), indent=1) + "\n").encode()
+        files[json_name(name)] = (json.dumps(expected(name, content), indent=1) + "\n").encode()
     assert len({json_name(n) for n in {**valid, **bad}}) == len(valid) + len(bad), "two inputs share a JSON name"
     return files
 

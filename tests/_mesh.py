@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def node_config(directory: Path, identity: idm.NodeIdentity, *, mdns: bool = False, port: int = 0,
                 static: list[str] | None = None, peer_timeout: float = 1.5, ping_interval: float = 0.25,
-                workers: list[dict] | None = None, **limits: Any) -> Config:
+                workers: list[dict] | None = None, peer_exchange: bool = True, **limits: Any) -> Config:
     directory.mkdir(parents=True, exist_ok=True)
     data = {
         "node": {"name": identity.name, "data_dir": str(directory / "data"), "listen_host": "127.0.0.1",
@@ -41,7 +41,7 @@ def node_config(directory: Path, identity: idm.NodeIdentity, *, mdns: bool = Fal
         "identity": {"key": str(identity.key_path), "cert": str(identity.cert_path),
                      "ca_cert": str(identity.ca_cert_path)},
         "discovery": {"mdns": mdns, "mdns_interfaces": ["127.0.0.1"], "static_peers": static or [],
-                      "reconnect_min": 0.1, "reconnect_max": 0.4},
+                      "reconnect_min": 0.1, "reconnect_max": 0.4, "peer_exchange": peer_exchange},
         "limits": {"peer_timeout": peer_timeout, "ping_interval": ping_interval, **limits},
     }
     if workers:

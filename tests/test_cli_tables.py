@@ -52,3 +52,47 @@ def test_the_rounds_table_lists_the_last_rounds() -> None:
 
 def test_full_shows_every_field() -> None:
     assert "rounds_target=8" in _text(workers_table([TRAINER], full=True))
+
+
+# --------------------------------------------------------- what a peer names (issue 16, item 6)
+
+FORGED = "b\nb          47e347e347e347e3  10.0.0.9:1  in   open[red]R[/red][link=http://x]L[/link]\x1b[31mE\u202e"
+
+
+def _terminal(renderable) -> str:
+    """What a colour terminal receives (not the plain export: the raw escape codes are the point)."""
+    import io
+
+    console = Console(file=io.StringIO(), width=220, force_terminal=True, color_system="truecolor",
+                      highlight=False)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def _assert_inert(out: str) -> None:
+    assert "\x1b]8;" not in out                  # no hyperlink
+    assert "\x1b[31m" not in out and "\u202e" not in out   # the peer's own codes never reach the terminal
+    assert "[red]R[/red]" in out and "[link=http://x]" in out   # markup shown as written
+    assert "\\n" in out and "\\x1b" in out and "\\u202e" in out
+
+
+def test_a_peer_name_is_one_row_and_never_markup() -> None:
+    from meshnode.cli_tables import peers_table
+
+    peers = [{"name": FORGED, "node_id": "ac93" * 16, "address": "127.0.0.1:1", "direction": "in",
+              "state": "open"}, {"name": "b", "node_id": "47e3" * 16, "address": "127.0.0.1:2"}]
+    out = _terminal(peers_table(peers))
+    _assert_inert(out)
+    rows = [line for line in out.splitlines() if "127.0.0.1" in line]
+    assert len(rows) == 2                        # two peers, two rows: no forged third one
+    assert sum(1 for line in out.splitlines() if line.startswith(("b ", "b\\"))) == 2
+
+
+def test_worker_tables_escape_what_they_show() -> None:
+    from meshnode.cli_tables import counters_table
+
+    evil = {**TRAINER, "name": FORGED, "status": {**TRAINER["status"], "doing": FORGED,
+                                                  "refused": {FORGED: 2}, "role": "student", "teacher": FORGED}}
+    for renderable in (workers_table([evil]), workers_table([evil], full=True), rounds_table(evil),
+                       counters_table({f"dropped.{FORGED}": 1})):
+        _assert_inert(_terminal(renderable))

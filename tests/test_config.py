@@ -210,8 +210,25 @@ def test_file_level_errors(tmp_path: Path) -> None:
 
 def test_missing_identity_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        _load(tmp_path, "", check_files=True)
+        _load(tmp_path, '[identity]\nkey = "node.key"\n', check_files=True)
     assert str(e.value).startswith(f"identity.key: file not found: {(tmp_path / 'node.key').resolve()}")
+
+
+@pytest.mark.parametrize("text", ["", "\n# truncated\n", "[node]\nname = \"n1\"\n", "[identity]\n"])
+def test_the_daemon_refuses_a_config_without_an_identity(tmp_path: Path, mesh: idm.MeshCA, text: str) -> None:
+    # Issue 16 item 10: an empty node.toml used to run on every default (0.0.0.0, mDNS on), as whatever
+    # key lay beside it. The identity files are there here, so only the missing [identity] table stops it.
+    idm.init_node(tmp_path, mesh, "n1")
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, text, check_files=True)
+    msg = str(e.value)
+    assert msg.startswith("identity: no [identity] configured") and "meshnode node init" in msg
+    assert "\n" not in msg and str(tmp_path / "node.toml") in msg
+    # Tools that only read settings (status, peers: the socket path) still accept it.
+    assert _load(tmp_path, text).control.socket.name == "control.sock"
+    # With the table, the same files run.
+    assert _load(tmp_path, text.replace("[identity]\n", "") + '[identity]\nkey = "node.key"\n',
+                 check_files=True).identity.key == (tmp_path / "node.key").resolve()
 
 
 # ------------------------------------------------------------------------------------- paths
@@ -317,3 +334,17 @@ def test_loopback_listen_host_keeps_mdns_on_loopback_and_warns(tmp_path: Path) -
     plan = _plan(tmp_path, "127.0.0.1", ["10.0.0.5"])
     assert plan.interfaces == ("10.0.0.5",) and plan.addresses is None
     assert plan.warning is not None and "10.0.0.5" in plan.warning and "cannot connect" in plan.warning
+
+
+def test_run_and_check_refuse_an_empty_config_with_one_line_and_exit_2(tmp_path: Path, mesh: idm.MeshCA) -> None:
+    from click.testing import CliRunner
+
+    from meshnode.cli import main
+
+    idm.init_node(tmp_path, mesh, "n1")          # a usable key beside the file: still refused
+    (tmp_path / "node.toml").write_text("")
+    for command in ("run", "check"):
+        r = CliRunner().invoke(main, [command, "--config", str(tmp_path / "node.toml")])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1, r.output
+        assert lines[0].startswith("error: identity: no [identity] configured"), lines[0]

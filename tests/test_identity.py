@@ -45,6 +45,12 @@ def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
 
+def _write_key(p: Path, data: bytes) -> None:
+    """A key file as an operator would copy one in: owner-only (a wider mode is refused before parsing)."""
+    p.write_bytes(data)
+    p.chmod(0o600)
+
+
 # ---------------------------------------------------------------------------------------- mesh CA
 
 
@@ -171,19 +177,19 @@ def test_corrupt_files(tmp_path: Path, alpha: idm.NodeIdentity) -> None:
     d.mkdir()
     for f in ("node.crt", "ca.crt"):
         (d / f).write_bytes((alpha.key_path.parent / f).read_bytes())
-    (d / "node.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n")
+    _write_key(d / "node.key", b"-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n")
     with pytest.raises(IdentityError) as e:
         idm.load_node_dir(d)
     assert e.value.reason is R.CORRUPT and "node.key" in str(e.value)
 
     ec_key = ec.generate_private_key(ec.SECP256R1())
-    (d / "node.key").write_bytes(ec_key.private_bytes(
+    _write_key(d / "node.key", ec_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with pytest.raises(IdentityError) as e:
         idm.load_node_dir(d)
     assert e.value.reason is R.CORRUPT and "Ed25519" in str(e.value)
 
-    (d / "node.key").write_bytes(alpha.key_path.read_bytes())
+    _write_key(d / "node.key", alpha.key_path.read_bytes())
     (d / "node.crt").write_text("garbage")
     with pytest.raises(IdentityError) as e:
         idm.load_node_dir(d)
@@ -279,3 +285,159 @@ def test_verify_peer_refuses_garbage_and_the_ca_itself(mesh: idm.MeshCA, alpha: 
     with pytest.raises(IdentityError) as e:
         idm.verify_peer_certificate(mesh.cert.public_bytes(serialization.Encoding.DER), alpha, now=time.time())
     assert e.value.reason is R.BAD_CERTIFICATE
+
+
+# ------------------------------------------------------------------ names a peer chooses (issue 16)
+
+HOSTILE_NAMES = ["b\n2025-01-01 00:00:00 INFO    meshnode.node: peer x up", "b[red]x[/red]", "[link=http://x]b",
+                 "b\x1b[31m", "b\u202e", "b\u200b", "b\r", "b\t", "b ", "b\x00", "b\\n"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_names_are_not_issued(tmp_path: Path, mesh: idm.MeshCA, name: str) -> None:
+    assert not idm.is_valid_node_name(name)
+    with pytest.raises(IdentityError) as e:
+        idm.issue_node_certificate(mesh, Ed25519PrivateKey.generate().public_key(), name)
+    msg = str(e.value)
+    assert e.value.reason is R.BAD_NAME and idm.NODE_NAME_RULE in msg
+    assert msg.isprintable(), msg   # the name is quoted escaped: no control character reaches the message
+    with pytest.raises(IdentityError):
+        idm.init_node(tmp_path, mesh, name)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_name_grammar() -> None:
+    for good in ("a", "A0", "gpu-box_1.lab", "x" * 64, "0"):
+        assert idm.is_valid_node_name(good) and idm.validate_node_name(good) == good
+    for bad in ("", "x" * 65, "-a", ".a", "_a", "a/b", "naïve", "a\n", "\na", None, 3, b"a"):
+        assert not idm.is_valid_node_name(bad)
+
+
+def _signed_by_ca(ca: idm.MeshCA, cn: list[str]) -> bytes:
+    """A certificate our CA really signed, as a tool other than meshnode might: any subject it was given."""
+    key = Ed25519PrivateKey.generate()
+    node_id = idm.node_id_of(key.public_key())
+    now = dt.datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, c) for c in cn]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(f"meshnode://node/{node_id.hex()}")]), critical=False)
+        .sign(ca.private_key, None)
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES[:6])
+def test_a_received_certificate_with_a_hostile_name_is_refused(mesh: idm.MeshCA, alpha: idm.NodeIdentity,
+                                                               name: str) -> None:
+    # Signed by our own CA: the name is the only thing wrong with it.
+    assert idm.verify_peer_certificate(_signed_by_ca(mesh, ["fine-name"]), alpha, now=time.time()).name == "fine-name"
+    with pytest.raises(IdentityError) as e:
+        idm.verify_peer_certificate(_signed_by_ca(mesh, [name]), alpha, now=time.time())
+    msg = str(e.value)
+    assert e.value.reason is R.BAD_CERTIFICATE and "not a node name" in msg
+    assert msg.isprintable(), msg   # the refusal itself may be logged: the name in it is escaped
+
+
+def test_a_received_certificate_needs_exactly_one_name(mesh: idm.MeshCA, alpha: idm.NodeIdentity) -> None:
+    for cns in ([], ["a", "b"]):
+        with pytest.raises(IdentityError) as e:
+            idm.verify_peer_certificate(_signed_by_ca(mesh, cns), alpha, now=time.time())
+        assert e.value.reason is R.BAD_CERTIFICATE and "common name" in str(e.value)
+
+
+def test_a_hello_may_only_claim_its_certificate_name() -> None:
+    assert idm.check_claimed_name("b", "b") == "b"
+    for claimed in ("c", "b\nfake line", "b\x1b[2J", "", None):
+        with pytest.raises(IdentityError) as e:
+            idm.check_claimed_name(claimed, "b")
+        assert e.value.reason is R.BAD_NAME and str(e.value).isprintable()
+
+
+# ---------------------------------------------------------------- key file modes (issue 16, item 10)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666, 0o601])
+def test_a_private_key_others_may_access_is_refused(tmp_path: Path, mesh: idm.MeshCA, mode: int) -> None:
+    node = idm.init_node(tmp_path / "n", mesh, "n1")
+    node.key_path.chmod(mode)
+    with pytest.raises(IdentityError) as e:
+        idm.load_node_dir(tmp_path / "n")
+    msg = str(e.value)
+    assert e.value.reason is R.BAD_MODE
+    assert msg == (f"{node.key_path}: private key is accessible by group or others (mode {mode:04o}); "
+                   f"run `chmod 600 {node.key_path}` (a key others can read is not secret)")
+
+
+def test_owner_only_keys_load(tmp_path: Path, mesh: idm.MeshCA) -> None:
+    node = idm.init_node(tmp_path / "n", mesh, "n1")
+    for mode in (0o600, 0o400, 0o700):
+        node.key_path.chmod(mode)
+        assert idm.load_node_dir(tmp_path / "n").node_id == node.node_id
+    node.cert_path.chmod(0o644)   # certificates are public: any mode
+    assert idm.load_node_dir(tmp_path / "n").node_id == node.node_id
+
+
+def test_the_ca_key_is_held_to_the_same_rule(tmp_path: Path) -> None:
+    ca = idm.init_mesh(tmp_path / "m")
+    ca.key_path.chmod(0o644)
+    with pytest.raises(IdentityError) as e:
+        idm.load_mesh(tmp_path / "m")
+    assert e.value.reason is R.BAD_MODE and f"chmod 600 {ca.key_path}" in str(e.value)
+
+
+def test_everything_meshnode_writes_keeps_keys_owner_only(tmp_path: Path) -> None:
+    # node init, the simulator's identities and the demo's mesh all go through init_mesh / init_node;
+    # a key they write must load under the stricter rule whatever the umask.
+    from meshnode.sim.identities import simulated_mesh
+
+    old = os.umask(0o002)
+    try:
+        ids = simulated_mesh(tmp_path / "sim", ["a", "b"], seed=3)
+    finally:
+        os.umask(old)
+    for ident in ids.values():
+        assert _mode(ident.key_path) == 0o600
+        assert idm.load_node_identity(ident.key_path, ident.cert_path, ident.ca_cert_path).name == ident.name
+    assert _mode(tmp_path / "sim" / "mesh" / "ca.key") == 0o600
+
+
+# ------------------------------------------------------------------------------ through the CLI
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from meshnode.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_cli_refuses_a_hostile_name_and_a_readable_key_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    assert _cli("mesh", "init", str(tmp_path / "mesh")).exit_code == 0
+    r = _cli("node", "init", str(tmp_path / "evil"), "--mesh", str(tmp_path / "mesh"), "--name", "b\n[red]x")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "must be 1-64 characters" in r.output and not (tmp_path / "evil").exists()
+
+    r = _cli("node", "init", str(tmp_path / "a"), "--mesh", str(tmp_path / "mesh"), "--name", "a",
+             "--listen-host", "127.0.0.1", "--no-mdns")
+    assert r.exit_code == 0, r.output
+    key = tmp_path / "a" / "node.key"
+    assert _mode(key) == 0o600
+    key.chmod(0o644)
+    for command in ("run", "check"):
+        r = _cli(command, "--config", str(tmp_path / "a" / "node.toml"))
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1, r.output
+        assert lines[0] == (f"error: {key}: private key is accessible by group or others (mode 0644); "
+                            f"run `chmod 600 {key}` (a key others can read is not secret)")
+    (tmp_path / "mesh" / "ca.key").chmod(0o640)
+    r = _cli("node", "init", str(tmp_path / "b"), "--mesh", str(tmp_path / "mesh"), "--name", "b")
+    assert r.exit_code == 2 and "chmod 600" in r.output and "ca.key" in r.output

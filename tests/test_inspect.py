@@ -23,7 +23,7 @@ from meshnode.wire import capture
 from meshnode.wire.errors import WireError
 from meshnode.wire.frames import encode_frame, fragment_packet
 from meshnode.wire.packet import (
-    SIGNATURE_DOMAIN, Hello, Knowledge, Ping, Signer, Tensor, VectorBlock, Vectors, encode_packet,
+    SIGNATURE_DOMAIN, Hello, Knowledge, Ping, Signer, Tensor, VectorBlock, Vectors, encode_packet, signature_input,
 )
 
 A = Signer.from_seed(bytes(range(32)))
@@ -180,7 +180,8 @@ def test_capture_cut_short_reports_the_records_before(tmp_path: Path) -> None:
     assert result.exit_code == 1
     first, err = json_lines(result)
     assert first["body"]["seq"] == 1
-    assert err["error"] == "truncated" and err["offset"] > first["offset"]
+    # SPEC Appendix A: at that record, i.e. its first byte (right after the first record's packet)
+    assert err["error"] == "truncated" and err["offset"] == first["offset"] + len(ping(1))
 
 
 @pytest.mark.parametrize("data,reason,offset", [
@@ -297,7 +298,7 @@ def test_hop_limit_is_not_signed() -> None:
     (encode_frame(ping(1)) + b"\0\0\0\0", "bad_header", 4 + len(ping(1))),
 ])
 def test_malformed_input_gives_reason_and_offset(tmp_path: Path, data: bytes, reason: str, offset: int) -> None:
-    path = write(tmp_path, "bad.bin", data)
+    path = write(tmp_path, "bad.data", data)          # no known suffix: the form comes from the content
     result = invoke(["--json", path])
     assert result.exit_code == 1
     err = json_lines(result)[-1]
@@ -363,17 +364,22 @@ def test_unknown_body_keys_and_hint_flags_are_shown(tmp_path: Path) -> None:
     assert "ignored keys (newer minor version?): added_in_1_4" in invoke(["--trust", key, path]).stdout
 
 
-def test_json_output_is_strict_json_even_for_nan_in_meta(tmp_path: Path) -> None:
+def test_nan_and_infinity_in_meta_are_refused_and_the_json_stays_strict(tmp_path: Path) -> None:
+    """SPEC §3 (v1.0 draft 2): msgpack floats must be finite. A packet that carries NaN / inf is
+    bad_body (it used to decode, shown as "nan"); the sender refuses to build one."""
     w = Tensor.from_array(np.zeros((2, 3), np.float32))
-    raw = encode_packet(Knowledge(topic="t", task="x", form="linear", classes=("a", "b"), weight=w,
-                                  meta={"loss": float("nan"), "big": float("inf")}), A, packet_id=_pid(1),
-                        timestamp_us=T0)
+    body = Knowledge(topic="t", task="x", form="linear", classes=("a", "b"), weight=w,
+                     meta={"loss": float("nan"), "big": float("inf")})
+    with pytest.raises(WireError) as e:
+        encode_packet(body, A, packet_id=_pid(1), timestamp_us=T0)
+    assert e.value.reason == "bad_body"
+    raw = encode_packet(body, A, packet_id=_pid(1), timestamp_us=T0, _validate=False)
     result = invoke(["--json", write(tmp_path, "k.bin", raw)])
-    assert result.exit_code == 0
+    assert result.exit_code == 1
     [obj] = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
              for line in result.stdout.splitlines()]
-    assert obj["body"]["meta"] == {"loss": "nan", "big": "inf"}
-    assert obj["body"]["weight"] == {"dtype": "f32", "shape": [2, 3], "bytes": 24}
+    assert (obj["error"], obj["offset"]) == ("bad_body", 72)
+    assert "nan" in obj["message"]
 
 
 def test_split_input_detects_each_form() -> None:
@@ -629,3 +635,91 @@ def test_hostile_inputs_never_break_the_filters_the_summary_or_the_text() -> Non
             assert format_error("f", r) if isinstance(r, InspectError) else format_text("f", r, trust.names)
         assert summary.format("f", trust.names)
         json.dumps(summary.as_json(trust.names), allow_nan=False)
+
+
+# ------------------------------------------------------------- issue 16: the tool agrees with SPEC
+
+
+def _signed_fragments(whole: bytes, signature: bytes) -> bytes:
+    """`whole` in two fragments that carry `signature` (flags bit 0 set): SPEC §4 says receivers do
+    not check it."""
+    out = b""
+    half = len(whole) // 2 + 1
+    for i, piece in enumerate((whole[:half], whole[half:])):
+        frag = bytearray(fragment_packet(whole, A, fragment_size=half, first_packet_id=_pid(40), timestamp_us=T0)[i])
+        frag[7] |= 1
+        out += encode_frame(bytes(frag) + signature)
+        assert piece in frag
+    return out
+
+
+@pytest.mark.parametrize("signature", [bytes(64), b"\xff" * 64])
+def test_a_fragments_signature_is_not_checked(signature: bytes) -> None:
+    stream = _signed_fragments(ping(1), signature)
+    results = list(inspect_bytes(stream, trust_of(A.public_key_bytes)))
+    assert not failed(results), results
+    assert [r["signature"] for r in results] == ["ignored", "ignored", "valid"]  # type: ignore[index]
+
+
+def _hello_claiming(signer: Signer, origin: bytes) -> bytes:
+    body = Hello(name="x", public_key=signer.public_key_bytes, max_frame=1 << 20)
+    raw = bytearray(encode_packet(body, signer, packet_id=_pid(9), timestamp_us=T0))
+    raw[40:72] = origin
+    raw[-64:] = signer.sign(signature_input(bytes(raw[:72]), bytes(raw[72:-64])))
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("trusted", [(), (A.public_key_bytes,), (B.public_key_bytes,)])
+def test_a_hello_whose_key_is_not_its_origin_is_a_bad_signature_at_the_origin(trusted: tuple[bytes, ...]) -> None:
+    """SPEC §6: bad_signature (offset 40), whatever key is trusted; it used to be unknown_key, or
+    valid when the origin's key was trusted."""
+    raw = _hello_claiming(A, B.node_id)
+    results = list(inspect_bytes(raw, trust_of(*trusted)))
+    assert results[0]["signature"] == "invalid"  # type: ignore[index]
+    err = results[1]
+    assert isinstance(err, InspectError) and (err.reason, err.offset) == ("bad_signature", 40)
+
+
+def test_a_frame_stream_whose_first_packet_is_bad_is_still_read_as_frames() -> None:
+    stream = encode_frame(b"MNPQ" + ping(1)[4:]) + encode_frame(ping(2)) + encode_frame(ping(3))
+    for data in (stream, stream.hex().encode()):
+        results = list(inspect_bytes(data, TrustStore()))
+        assert isinstance(results[0], InspectError) and (results[0].reason, results[0].offset) == ("bad_magic", 4)
+        assert [r["body"]["seq"] for r in results[1:]] == [2, 3]  # type: ignore[index]
+
+
+def test_format_follows_the_suffix_and_the_option_overrides_it(tmp_path: Path) -> None:
+    stream = encode_frame(ping(1)) + encode_frame(ping(2))
+    as_bin = write(tmp_path, "s.bin", stream)
+    [err] = json_lines(invoke(["--json", as_bin]))
+    assert err["error"] == "bad_magic" and err["offset"] == 0
+    assert "read as packet; the content looks like frames" in err["message"]
+    result = invoke(["--json", "--format", "frames", as_bin])
+    assert result.exit_code == 0 and [o["body"]["seq"] for o in json_lines(result)] == [1, 2]
+    result = invoke(["--json", "--format", "auto", write(tmp_path, "s.dump", stream)])
+    assert result.exit_code == 0 and len(json_lines(result)) == 2
+    hexed = write(tmp_path, "s.txt", stream.hex(" ").encode())
+    assert [o["body"]["seq"] for o in json_lines(invoke(["--json", "--format", "hex", hexed]))] == [1, 2]
+    assert invoke(["--format", "nonsense", as_bin]).exit_code == 2
+
+
+@pytest.mark.parametrize("text,reason,offset", [
+    (b"4d 4e 50 4b 0g", "bad_magic", 4),          # the 'g' would be part of byte 4
+    (b"4d4e504b01 zz", "bad_magic", 5),
+    (b"4d 4e 5", "truncated", 2),
+    (b"", "truncated", 0),
+])
+def test_hex_errors_have_offsets_of_the_unhexed_bytes(tmp_path: Path, text: bytes, reason: str, offset: int) -> None:
+    [err] = json_lines(invoke(["--json", write(tmp_path, "p.hex", text)]))
+    assert (err["error"], err["offset"]) == (reason, offset)
+
+
+def test_an_unsigned_reassembled_packet_is_reported_at_the_fragment_that_completed_it() -> None:
+    whole = encode_packet(Ping(seq=1), None, origin=A.node_id, packet_id=_pid(1), timestamp_us=T0)
+    pieces = fragment_packet(whole, A, fragment_size=50, first_packet_id=_pid(10), timestamp_us=T0)
+    stream = b"".join(encode_frame(p) for p in pieces)
+    results = list(inspect_bytes(stream, trust_of(A.public_key_bytes)))
+    err = results[-1]
+    last_offset = len(stream) - len(pieces[-1])
+    assert isinstance(err, InspectError) and (err.reason, err.offset) == ("unsigned", last_offset)
+    assert "offset 7 in it" in err.message

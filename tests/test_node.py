@@ -84,8 +84,9 @@ async def test_three_daemons_find_each_other_over_mdns_and_gossip_exactly_once(m
 async def test_line_topology_relays_and_verifies_at_the_far_end(mesh, tmp_path) -> None:
     b = make(mesh, tmp_path, "b", 1)
     async with running(b):
-        a = make(mesh, tmp_path, "a", 2, static=[f"127.0.0.1:{b.port}"])
-        c = make(mesh, tmp_path, "c", 3, static=[f"127.0.0.1:{b.port}"])
+        # no peer exchange: a and c would learn each other's address from b and link directly
+        a = make(mesh, tmp_path, "a", 2, static=[f"127.0.0.1:{b.port}"], peer_exchange=False)
+        c = make(mesh, tmp_path, "c", 3, static=[f"127.0.0.1:{b.port}"], peer_exchange=False)
         async with running(a, c):
             await wait_for(lambda: len(b._links) == 2 and len(a._links) == 1 and len(c._links) == 1,
                            "the line a-b-c")
@@ -251,8 +252,11 @@ async def test_a_silent_daemon_is_dropped_after_the_timeout_and_rejoins(mesh, tm
     frozen = _FreezableTransport(TlsTransport(mesh["c"]))
     c = Node(cfg_c, mesh["c"], transport=frozen, rng=random.Random(1))
     await c.start()
-    a = make(mesh, tmp_path, "a", 2, static=[f"127.0.0.1:{port}"], peer_timeout=1.0, ping_interval=0.2)
-    b = make(mesh, tmp_path, "b", 3, static=[f"127.0.0.1:{port}"], peer_timeout=1.0, ping_interval=0.2)
+    # no peer exchange: a and b would link to each other through c's word, and this is about c only
+    a = make(mesh, tmp_path, "a", 2, static=[f"127.0.0.1:{port}"], peer_timeout=1.0, ping_interval=0.2,
+             peer_exchange=False)
+    b = make(mesh, tmp_path, "b", 3, static=[f"127.0.0.1:{port}"], peer_timeout=1.0, ping_interval=0.2,
+             peer_exchange=False)
     try:
         async with running(a, b):
             await wait_for(lambda: len(c._links) == 2, "a and b to reach c")

@@ -55,3 +55,18 @@ def test_recent_refusals_are_short_and_never_markup() -> None:
     assert "9, the last 5:" in text
     assert "10.0.0.7:4000" in text and "10.0.0.2:4000" not in text
     assert "[red]x[/red]" in text and "y" * 200 not in text
+
+
+def test_member_names_and_refusals_from_peers_are_escaped() -> None:
+    import io
+
+    forged = "b\nc  51c051c051c051c0  linked[red]R[/red][link=http://x]L[/link]\x1b[31mE"
+    status = {**STATUS, "member_list": [{"name": forged, "node_id": "47e3" * 16, "linked": True}],
+              "recent_refusals": [{"time_us": 1, "address": forged, "reason": forged, "detail": forged}],
+              forged: forged}
+    console = Console(file=io.StringIO(), width=220, force_terminal=True, color_system="truecolor", highlight=False)
+    console.print(status_table(status))
+    out = console.file.getvalue()
+    assert "\x1b]8;" not in out and "\x1b[31m" not in out
+    assert "[red]R[/red]" in out and "b\\nc  51c0" in out
+    assert not any(line.lstrip().startswith("c  51c0") for line in out.splitlines())   # no forged row

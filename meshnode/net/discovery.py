@@ -8,15 +8,21 @@ what a stranger may see and nothing more:
 and browses for the same type. Services of other meshes and our own are ignored; the rest become
 `PeerFound` / `PeerLost` events, delivered to a callback and/or async iterators (`events()`).
 
-mDNS is unauthenticated: anyone on the LAN can advertise any node id and mesh id. Discovery only
-says where to dial; the TLS handshake and `identity.verify_peer_certificate` decide who it really is,
-and the caller must check that the certificate's node id is the one advertised.
+mDNS is unauthenticated: anyone on the LAN can advertise any node id and mesh id, or add records to
+a real node's service name. Discovery only gives hints of where to dial; the TLS handshake and
+`identity.verify_peer_certificate` decide who it really is, and the caller must check that the
+certificate's node id is the one advertised. So a record never replaces what we know about a node id:
+its endpoints (host, port) are added to the node's list (`PeerFound.endpoints`, first seen first, at
+most `per_node_endpoints`), and `PeerFound.host`/`port` stay the first endpoint seen. `hints` (a
+net/hints.py DialHints) is the book the caller keeps its dials in: one endpoint at a time, the next
+after a failure, the verified one first, dials to unverified endpoints bounded per endpoint and in all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -30,9 +36,10 @@ import ifaddr
 from zeroconf import DNSQuestionType, InterfaceChoice, NonUniqueNameException, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from .hints import HINT_PER_NODE, DialHints, Endpoint
+
 if TYPE_CHECKING:
     from ..identity import NodeIdentity
-
 __all__ = [
     "PROTOCOL_VERSION",
     "SERVICE_TYPE",
@@ -71,6 +78,8 @@ class PeerFound:
     port: int
     version: str                   # protocol version "major.minor" as advertised
     addresses: tuple[str, ...] = ()  # every advertised address
+    # Every (host, port) advertised for this node id, by any record, first seen first (bounded).
+    endpoints: tuple[Endpoint, ...] = ()
 
     @property
     def node_id_hex(self) -> str:
@@ -162,6 +171,8 @@ class Discovery:
         resolve_timeout: float = 3.0,
         name_check: float = 2.0,
         max_tracked: int = 1024,
+        per_node_endpoints: int = HINT_PER_NODE,
+        hints: DialHints | None = None,
     ) -> None:
         if len(node_id) != 32:
             raise ValueError("node_id must be 32 bytes")
@@ -181,6 +192,8 @@ class Discovery:
         self._resolve_timeout_ms = int(resolve_timeout * 1000)
         self._name_check_ms = int(name_check * 1000)
         self._max_tracked = max_tracked
+        self._per_node_endpoints = per_node_endpoints
+        self.hints = hints if hints is not None else DialHints(per_node=per_node_endpoints)
 
         self._azc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
@@ -343,10 +356,26 @@ class Discovery:
         if previous_id is not None and previous_id != found.node_id:
             self._lost(name)  # same name, different node: report the old one gone first
         self._by_name[name] = found.node_id
-        if self._peers.get(found.node_id) != found:
-            self._peers[found.node_id] = found
+        known = self._peers.get(found.node_id)
+        if known is not None:
+            # Another record for a node id we know (a second name, a changed SRV, or a fake): its
+            # endpoints are added after the known ones, never in their place.
+            endpoints = list(known.endpoints)
+            for ep in found.endpoints:
+                if ep not in endpoints:
+                    if len(endpoints) >= self._per_node_endpoints:
+                        self._counters["endpoints_ignored"] += 1
+                        continue
+                    endpoints.append(ep)
+            addresses = known.addresses + tuple(a for a in found.addresses if a not in known.addresses)
+            found = dataclasses.replace(known, endpoints=tuple(endpoints), addresses=addresses[:64])
+            if found == known:
+                return
+            self._counters["endpoints_added"] += 1
+        else:
             self._counters["found"] += 1
-            self._emit(found)
+        self._peers[found.node_id] = found
+        self._emit(found)
 
     def _parse(self, name: str, info: AsyncServiceInfo) -> PeerFound | None:
         props = info.decoded_properties
@@ -371,7 +400,10 @@ class Discovery:
             self._counters["malformed"] += 1
             log.debug("mDNS: ignoring %s: no address or bad port", name)
             return None
-        return PeerFound(node_id, mesh, _pick_host(addresses), port, version, addresses)
+        host = _pick_host(addresses)
+        # The preferred address first, then the rest in the order given (bounded).
+        hosts = [host, *(a for a in addresses if a != host)][:self._per_node_endpoints]
+        return PeerFound(node_id, mesh, host, port, version, addresses, tuple((h, port) for h in hosts))
 
     def _lost(self, name: str) -> None:
         node_id = self._by_name.pop(name, None)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,7 +68,39 @@ class LinkOwner(Protocol):
     def link_closed(self, link: Link) -> None: ...
 
 
+class _Announcements:
+    """What a link still has to announce (member hellos), by key (node id), in order: `urgent` (news,
+    as soon as the control lane has room) before `deferred` (a catch-up, not before `not_before`). Keys,
+    not packets: the packet is looked up when its turn comes, so a backlog of 4096 members costs a few
+    hundred kB of keys, not megabytes of hellos, and a member forgotten or replaced meanwhile goes out
+    as it is then (or not at all)."""
+
+    __slots__ = ("lookup", "urgent", "deferred", "not_before", "ready", "task", "sent", "skipped")
+
+    def __init__(self, lookup: Callable[[bytes], bytes | None]) -> None:
+        self.lookup = lookup
+        self.urgent: OrderedDict[bytes, None] = OrderedDict()
+        self.deferred: OrderedDict[bytes, None] = OrderedDict()
+        self.not_before = 0.0
+        self.ready: bytes | None = None          # framed, taken from a queue, waiting for room
+        self.task: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.skipped = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.ready is not None or self.urgent or self.deferred)
+
+
+# Paced announcements take at most this fraction of the control lane's cap, so that pings, pongs and
+# the bye always find room in the rest and the lane can never overflow because of them.
+ANNOUNCE_SHARE = 2
+ANNOUNCE_POLL_MIN = 0.002    # seconds between looks at the control lane while announcements wait for room
+ANNOUNCE_POLL_MAX = 0.25
+
+
 class Link:
+    _announcements: _Announcements | None = None     # made by the first `announce`
+
     def __init__(self, stream: Stream, session: Session, *, outbound: bool, owner: LinkOwner,
                  settings: LinkSettings = LinkSettings(), clock: Clock = REAL_CLOCK,
                  capture: CaptureWriter | None = None) -> None:
@@ -194,6 +227,98 @@ class Link:
         except SessionError:
             return False
         return self._queue_control(data)
+
+    def announce(self, keys: Iterable[bytes], lookup: Callable[[bytes], bytes | None], *,
+                 delay: float = 0.0) -> None:
+        """Queue announcements (member hellos) to go out in the control lane as it drains, never more
+        than 1/ANNOUNCE_SHARE of its cap at a time, so that no number or size of them can overflow it
+        (which closes the link: `send_stalled`). `keys` name them (node ids); `lookup(key)` gives the
+        packet to send when its turn comes, or None to skip it (forgotten, or the peer holds it by
+        then). `delay` > 0: a catch-up, sent after `delay` seconds and after every announcement queued
+        without delay. A key already waiting is not queued twice. The last `lookup` given is used."""
+        if self.state is not LinkState.OPEN:
+            return
+        ann = self._announcements
+        if ann is None:
+            ann = self._announcements = _Announcements(lookup)
+        ann.lookup = lookup
+        target = ann.deferred if delay > 0 else ann.urgent
+        for key in keys:
+            if key not in ann.urgent and key not in ann.deferred:
+                target[key] = None
+        if delay > 0:
+            ann.not_before = max(ann.not_before, self.clock.monotonic() + delay)
+        self._feed_announcements()
+        if ann and (ann.task is None or ann.task.done()):
+            if ann.task is not None and ann.task in self._tasks:
+                self._tasks.remove(ann.task)   # finished: the list holds one pacer at most
+            ann.task = asyncio.get_running_loop().create_task(self._pace_announcements(),
+                                                              name=f"link-announce:{self.peer_node_id.hex()[:8]}")
+            self._tasks.append(ann.task)       # cancelled with the link's other tasks
+
+    @property
+    def announcements_waiting(self) -> int:
+        ann = self._announcements
+        return 0 if ann is None else len(ann.urgent) + len(ann.deferred) + (ann.ready is not None)
+
+    def _feed_announcements(self) -> bool:
+        """Move waiting announcements into the control lane while it has room; True if any moved."""
+        ann = self._announcements
+        if ann is None or self.state is not LinkState.OPEN:
+            return False
+        queue = self.queue
+        window = queue.max_control_bytes // ANNOUNCE_SHARE
+        moved = False
+        while True:
+            data = ann.ready
+            if data is None:
+                key = self._next_announcement(ann)
+                if key is None:
+                    return moved
+                raw = ann.lookup(key)
+                if raw is None:
+                    ann.skipped += 1
+                    continue
+                try:
+                    data = self.session.send_raw(raw)
+                except SessionError:
+                    return moved
+                if len(data) > window:             # cannot happen with hellos <= MAX_HELLO_BYTES; never stall on it
+                    ann.skipped += 1
+                    continue
+            if queue.control_bytes and queue.control_bytes + len(data) > window:
+                ann.ready = data                   # no room now: first in line when the lane drains
+                return moved
+            ann.ready = None
+            if not self._queue_control(data):
+                return moved
+            ann.sent += 1
+            moved = True
+
+    def _next_announcement(self, ann: _Announcements) -> bytes | None:
+        if ann.urgent:
+            return ann.urgent.popitem(last=False)[0]
+        if ann.deferred and self.clock.monotonic() >= ann.not_before:
+            return ann.deferred.popitem(last=False)[0]
+        return None
+
+    async def _pace_announcements(self) -> None:
+        """Feed the control lane as it drains. The writer does not say when it has written a frame, so
+        this looks again after a short wait, longer while nothing moves (a peer that reads nothing is
+        closed by the keepalive, which ends this too)."""
+        ann = self._announcements
+        assert ann is not None
+        wait = ANNOUNCE_POLL_MIN
+        while ann and self.state is LinkState.OPEN:
+            if self._feed_announcements():
+                wait = ANNOUNCE_POLL_MIN
+            elif ann.ready is None and not ann.urgent and ann.deferred:
+                wait = max(ann.not_before - self.clock.monotonic(), ANNOUNCE_POLL_MIN)
+            else:
+                wait = min(wait * 2, ANNOUNCE_POLL_MAX)
+            if not ann:
+                return
+            await self.clock.sleep(wait)
 
     def _queue_control(self, data: bytes) -> bool:
         if not data:

@@ -14,7 +14,12 @@ with a stable reason:
     bad_certificate  anything else wrong with the certificate
     not_tls          the bytes are not a TLS 1.3 handshake (random bytes, HTTP, TLS 1.2...)
     handshake_timeout  no complete handshake in time
+    silent           not a byte within `silent_timeout` (shorter than the handshake timeout: a real
+                     client sends its ClientHello at once, a slot-holding flood sends nothing)
     busy             too many handshakes in progress (a cheap flood must not exhaust the daemon)
+    busy_source      too many handshakes in progress from this source (IPv4 address, IPv6 /64), so
+                     that one host cannot hold the slots every other node needs (net/admission.py)
+    early_drop       dropped at random because the handshake table is filling up (net/admission.py)
     aborted          the other end broke off the handshake: in TLS 1.3 a client checks our certificate first,
                      so this is what a node of another mesh dialling us looks like from our side
     disconnected     any other network error during the handshake
@@ -29,20 +34,28 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import ssl
+import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from ..identity import IdentityError, NodeIdentity, PeerInfo
+from ..log_limit import LogLimiter
+from . import admission as adm
 from . import tls
+from .admission import Admitted, HandshakeAdmission
 from .transport import StreamHandler, TransportError
 
 __all__ = ["HandshakeRefused", "TlsListener", "TlsStream", "TlsTransport", "format_address"]
 
 log = logging.getLogger(__name__)
 
-MAX_HANDSHAKES = 64
+MAX_HANDSHAKES = adm.MAX_HANDSHAKES
+MAX_HANDSHAKES_PER_SOURCE = adm.MAX_HANDSHAKES_PER_SOURCE
+MAX_REACHED = 1024
 RefusalHandler = Callable[[str, str, str], None]
 
 # OpenSSL X509_V_ERR_* codes -> our refusal reasons.
@@ -97,6 +110,40 @@ def _classify(exc: BaseException) -> tuple[str, str]:
         # mesh dialling us breaks off here (its alert usually dies with the reset); it counts other_mesh.
         return "aborted", "the peer broke off the handshake (often: it does not trust our mesh CA)"
     return "disconnected", f"{type(exc).__name__}: {exc}"
+
+
+def _host_of(address: str) -> str:
+    """"10.0.0.5:7400" -> "10.0.0.5", "[fe80::1]:7400" -> "[fe80::1]"."""
+    return address.rsplit(":", 1)[0]
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0): for connections we refuse before reading them."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeout: float) -> bool:
+    """Wait until the client has sent something (or closed: the handshake then fails at once with its
+    own reason). False after `timeout` seconds of silence. Nothing is read, so the TLS layer still sees
+    the whole ClientHello."""
+    ready = loop.create_future()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    fd = conn.fileno()
+    loop.add_reader(fd, on_readable)
+    try:
+        async with asyncio.timeout(timeout):
+            await ready
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
 
 
 class TlsStream:
@@ -177,21 +224,44 @@ class TlsTransport:
     """TCP + TLS 1.3, both sides authenticated by the mesh CA. See the module docstring."""
 
     def __init__(self, identity: NodeIdentity, *, on_refused: RefusalHandler | None = None,
-                 handshake_timeout: float = tls.HANDSHAKE_TIMEOUT, max_handshakes: int = MAX_HANDSHAKES,
+                 handshake_timeout: float = tls.HANDSHAKE_TIMEOUT, silent_timeout: float = tls.SILENT_TIMEOUT,
+                 max_handshakes: int = MAX_HANDSHAKES, max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
+                 admission: HandshakeAdmission | None = None, rng: random.Random | None = None,
                  now: Callable[[], float] = time.time) -> None:
         self.identity = identity
         self.on_refused = on_refused
         self.handshake_timeout = handshake_timeout
-        self.max_handshakes = max_handshakes
+        self.silent_timeout = min(silent_timeout, handshake_timeout)
+        # Who may start a handshake (per source, early drop, in all): net/admission.py, sans-IO.
+        self.admission = admission if admission is not None else HandshakeAdmission(
+            max_total=max_handshakes, per_source=max_handshakes_per_source,
+            early_drop_start=min(adm.EARLY_DROP_START, max_handshakes), rng=rng)
         self._now = now
         self._server_ctx = tls.server_context(identity)
         self._client_ctx = tls.client_context(identity)
-        self._handshaking = 0
         self._accepting: set[asyncio.Task[None]] = set()
+        # Only used without an on_refused owner: refusals are caused by strangers, so even our own
+        # fallback lines are bounded per source and reason, with the count of those held back.
+        self._log_limit = LogLimiter(time.monotonic)
+        # (host, port) -> node id of the last certificate verified there by a dial of ours: what an mDNS
+        # hint turned out to be (net/hints.py). Bounded, least recently reached forgotten.
+        self.reached: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    @property
+    def max_handshakes(self) -> int:
+        return self.admission.max_total
+
+    @property
+    def handshakes_in_progress(self) -> int:
+        return self.admission.in_progress
 
     def _refused(self, reason: str, address: str, detail: str) -> None:
         if self.on_refused is None:
-            log.warning("refused %s: %s (%s)", address, reason, detail)
+            # By host, not host:port: a stranger reconnecting comes from a new port every time.
+            held = self._log_limit.allow(_host_of(address), reason)
+            if held is not None:
+                note = f"; {held} more like it since the last report" if held else ""
+                log.warning("refused %s: %s (%s)%s", address, reason, detail, note)
         else:  # the owner logs it (the daemon: bounded per address and reason), once rather than twice
             try:
                 self.on_refused(reason, address, detail)
@@ -230,16 +300,26 @@ class TlsTransport:
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
-            task = loop.create_task(self._serve(conn, format_address(peername), handler))
+            address = format_address(peername)
+            decision = self.admission.admit(peername[0] if isinstance(peername, tuple) else str(peername))
+            if not isinstance(decision, Admitted):
+                # Decided before any byte is read or any task exists: a refused flood costs an accept
+                # and a close. A reset rather than a FIN, so that no TIME_WAIT piles up on our side.
+                self._refused(decision.reason, address, decision.detail)
+                _reset(conn)
+                continue
+            task = loop.create_task(self._serve(conn, address, handler, decision))
             self._accepting.add(task)     # while handshaking; _serve removes it once authenticated
             task.add_done_callback(self._accepting.discard)
 
-    async def _serve(self, conn: socket.socket, address: str, handler: StreamHandler) -> None:
+    async def _serve(self, conn: socket.socket, address: str, handler: StreamHandler, ticket: Admitted) -> None:
         try:
             stream = await self._handshake(conn, address)
         except asyncio.CancelledError:
             conn.close()
             raise
+        finally:
+            self.admission.release(ticket)
         if stream is None:
             return
         # Past the handshake: closing the listener no longer cancels this connection (the node closes
@@ -255,20 +335,22 @@ class TlsTransport:
             stream.close()
 
     async def _handshake(self, conn: socket.socket, address: str) -> TlsStream | None:
-        if self._handshaking >= self.max_handshakes:
-            self._refused("busy", address, f"{self._handshaking} handshakes already in progress")
-            conn.close()
-            return None
+        """The server side of the handshake; the caller holds an admission ticket for it."""
         loop = asyncio.get_running_loop()
-        self._handshaking += 1
+        started = loop.time()
+        if not await _readable(loop, conn, self.silent_timeout):
+            self._refused("silent", address, f"not a byte within {self.silent_timeout:g} s")
+            _reset(conn)
+            return None
+        remaining = max(0.001, self.handshake_timeout - (loop.time() - started))
         reader = asyncio.StreamReader(limit=1 << 16, loop=loop)
         # Our own reference: uvloop returns its SSL protocol instead of ours from connect_accepted_socket.
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(self.handshake_timeout):
+            async with asyncio.timeout(remaining):
                 transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, conn, ssl=self._server_ctx, ssl_handshake_timeout=self.handshake_timeout)
+                    lambda: protocol, conn, ssl=self._server_ctx, ssl_handshake_timeout=remaining)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             info, der = self._verify(writer)
         except (OSError, ssl.SSLError, TimeoutError, IdentityError, EOFError) as e:
@@ -278,8 +360,6 @@ class TlsTransport:
                 writer.close()
             conn.close()
             return None
-        finally:
-            self._handshaking -= 1
         return TlsStream(reader, writer, info, der, address)
 
     async def connect(self, host: str, port: int, *, timeout: float) -> TlsStream:
@@ -304,4 +384,8 @@ class TlsTransport:
             reason, detail = _classify(e)
             self._refused(reason, address, detail)
             raise HandshakeRefused(reason, f"{address}: {detail}") from None
+        self.reached[(host, port)] = info.node_id
+        self.reached.move_to_end((host, port))
+        while len(self.reached) > MAX_REACHED:
+            self.reached.popitem(last=False)
         return TlsStream(reader, writer, info, der, address)

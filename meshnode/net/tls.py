@@ -14,11 +14,15 @@ import ssl
 
 from ..identity import IdentityError, IdentityReason, NodeIdentity, PeerInfo, verify_peer_certificate
 
-__all__ = ["HANDSHAKE_TIMEOUT", "client_context", "peer_info", "server_context"]
+__all__ = ["HANDSHAKE_TIMEOUT", "SILENT_TIMEOUT", "client_context", "peer_info", "server_context"]
 
 # Passed as ssl_handshake_timeout to asyncio: a stalled or silent dialer must not hold a slot for the
 # asyncio default of 60 s.
 HANDSHAKE_TIMEOUT = 10.0
+# A real client sends its ClientHello as soon as TCP connects; a connection that has sent nothing for
+# this long is a slot-holder (or a port scanner), not a node on a slow link, and is closed well before
+# HANDSHAKE_TIMEOUT so that silent floods turn their slots over three times faster.
+SILENT_TIMEOUT = 3.0
 
 
 def _context(identity: NodeIdentity, purpose: int) -> ssl.SSLContext:

@@ -276,7 +276,8 @@ _PLOT_BINS = 150
 # vectors and pong, hard to tell apart).
 _COLOURS = {"hello": "tab:blue", "members": "lightskyblue", "ping": "tab:pink", "pong": "tab:olive",
             "vectors": "tab:orange", "knowledge": "tab:purple", "delta": "tab:green", "fragment": "tab:brown",
-            "ack": "gold", "nack": "black", "bye": "maroon", "other": "tab:grey", "all": "tab:blue"}
+            "ack": "gold", "nack": "black", "bye": "maroon", "gossip": "tab:cyan", "other": "tab:grey",
+            "all": "tab:blue"}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import numpy as np
 from .. import __version__
 from ..config import Config, ConfigError, parse_config
 from ..identity import CA_CERT_FILE, NodeIdentity
-from ..net.sim.kinds import KINDS
+from ..net.sim.kinds import CLASSES, KINDS, TRAFFIC_CLASS, traffic_class
 from ..net.sim.links import LatencyHistogram, derive_rng
 from ..net.sim.transport import SimNetwork
 from ..net.sim.vclock import VirtualClock, run_virtual
@@ -36,8 +37,8 @@ from ..wire.packet import Packet, VectorBlock, Vectors
 from .identities import simulated_mesh
 from .scenario import Event, Expect, Flow, Scenario, ScenarioError, trainers_with_rounds
 
-__all__ = ["ACCURACY_MAX_POINTS", "ACCURACY_SAMPLE_S", "AccuracySeries", "Progress", "Simulation",
-           "evaluate_expectations", "run_scenario", "verdict"]
+__all__ = ["ACCURACY_MAX_POINTS", "ACCURACY_SAMPLE_S", "READY_DEGREE", "AccuracySeries", "Progress", "SimTiming",
+           "Simulation", "evaluate_expectations", "run_scenario", "run_timed", "verdict"]
 
 log = logging.getLogger("meshnode.sim")
 
@@ -51,6 +52,31 @@ ACCURACY_SAMPLE_S = 1.0
 # AccuracySeries.add), so a very long run keeps its whole curve at half the resolution instead of
 # growing without bound or losing its beginning.
 ACCURACY_MAX_POINTS = 10_000
+# "Ready" (when flows without a start time begin): every node runs, the open links join all nodes into
+# one mesh, and every node has at least min(its topology degree, READY_DEGREE) of them open. With the
+# overlay a node keeps a handful of its candidates, not all of them, so "every topology link open" would
+# never happen in a large full mesh; 4 is at or below any sensible overlay's low watermark, and for the
+# small topologies of before (degree <= 4, or trees) it still means every topology link.
+READY_DEGREE = 4
+
+
+@dataclass(frozen=True)
+class SimTiming:
+    """Wall-clock figures of one run: not part of the report, which is the same on every run."""
+
+    wall_s: float                   # setup (identities, configs) and the run
+    run_wall_s: float               # the run alone, on the virtual clock
+    cpu_s: float                    # process CPU time of the same (less sensitive to a shared machine)
+    sim_s: float                    # simulated seconds run
+
+    @property
+    def wall_per_sim_s(self) -> float | None:
+        return self.run_wall_s / self.sim_s if self.sim_s > 0 else None
+
+    def to_dict(self) -> dict[str, float | None]:
+        per = self.wall_per_sim_s
+        return {"wall_s": round(self.wall_s, 3), "run_wall_s": round(self.run_wall_s, 3), "cpu_s": round(self.cpu_s, 3),
+                "sim_s": round(self.sim_s, 6), "wall_per_sim_s": None if per is None else round(per, 4)}
 
 
 @dataclass
@@ -62,6 +88,8 @@ class _FlowState:
     sent_at: dict[bytes, float] = field(default_factory=dict)            # packet id -> publish time
     got: dict[str, Counter[bytes]] = field(default_factory=dict)          # receiver -> packet id -> deliveries
     latency: dict[str, LatencyHistogram] = field(default_factory=dict)
+    hops: Counter[int] = field(default_factory=Counter)     # links travelled -> first deliveries
+    first_sent: float | None = None
 
     def complete(self) -> bool:
         return self.done_publishing and all(len(self.got[r]) >= self.published for r in self.flow.receivers)
@@ -142,9 +170,15 @@ class Simulation:
         self._ready = asyncio.Event()
         self._delivered = asyncio.Event()
         self._neighbours: dict[str, set[str]] = {n: set() for n in scenario.node_names}
+        self._spec_profile: dict[tuple[str, str], str] = {}     # directed pair -> its profile's name
         for link in scenario.links:
             self._neighbours[link.a].add(link.b)
             self._neighbours[link.b].add(link.a)
+            self._spec_profile[(link.a, link.b)] = link.profile
+            self._spec_profile[(link.b, link.a)] = link.reverse
+        self.events = scenario.all_events()          # [[events]] and the churn's, drawn from the seed
+        # node -> [started at, first delivery to it at (None: none yet)], one per incarnation
+        self.joins: dict[str, list[list[float | None]]] = {n: [] for n in scenario.node_names}
         self.identities: dict[str, NodeIdentity] = {}
         self.configs: dict[str, Config] = {}
         # node -> worker name -> its accuracy series (insertion order: first seen first, so the report
@@ -194,6 +228,7 @@ class Simulation:
 
     async def _start_node(self, name: str) -> None:
         self.incarnation[name] += 1
+        self.joins[name].append([asyncio.get_running_loop().time(), None])
         capture = self.capture_dir / f"{name}.mncap" if self.capture_dir is not None else None
         node = Node(self.configs[name], self.identities[name], transport=self.net.transport(name, self.identities[name]),
                     clock=self.clock, capture=capture,
@@ -206,6 +241,8 @@ class Simulation:
 
     def _receiver(self, flow_index: int, name: str) -> Callable[[Packet], None]:
         fs = self.flows[flow_index]
+        # hops = links travelled: the origin gives its packets its hop_limit, each relay lowers it by one
+        origin_hops = self.configs[fs.flow.source].limits.hop_limit
 
         def on_packet(packet: Packet) -> None:
             sent = fs.sent_at.get(packet.packet_id)
@@ -213,8 +250,12 @@ class Simulation:
                 return                   # same topic, not ours (a worker's, another flow's)
             got = fs.got[name]
             got[packet.packet_id] += 1
+            join = self.joins[name][-1]
+            if join[1] is None:
+                join[1] = self.clock.monotonic()
             if got[packet.packet_id] == 1:
                 fs.latency[name].add(self.clock.monotonic() - sent)
+                fs.hops[origin_hops - packet.header.hop_limit + 1] += 1
                 if fs.complete() and all(f.complete() for f in self.flows):
                     self._delivered.set()
         return on_packet
@@ -227,8 +268,14 @@ class Simulation:
             self.prepare()
         for name in sc.node_names:
             self.net.add_host(name)
-        for link in sc.links:
-            self.net.add_link(link.a, link.b, self._profile_of(link.profile), self._profile_of(link.reverse))
+        if sc.segment and sc.links:
+            # full_mesh: one LAN; the links are made as the nodes connect, not 45,000 of them up front
+            first = sc.links[0]
+            self.net.add_segment(sc.node_names, self._profile_of(first.profile), self._profile_of(first.reverse))
+        else:
+            for link in sc.links:
+                self.net.add_link(link.a, link.b, self._profile_of(link.profile), self._profile_of(link.reverse),
+                                  lazy=True)
         loop = asyncio.get_running_loop()
         for name in sc.node_names:
             await self._start_node(name)
@@ -288,14 +335,26 @@ class Simulation:
         self._ready.set()
 
     def _all_linked(self) -> bool:
+        """Ready (see READY_DEGREE): every node runs, has enough of its topology links open, and the
+        open links join every node into one mesh."""
+        open_to: dict[str, set[str]] = {}
         for name, want in self._neighbours.items():
             node = self.nodes.get(name)
             if node is None:
                 return False
-            up = {p["name"] for p in node.peers() if p["state"] == "open"}
-            if not want <= up:
+            up = {p["name"] for p in node.peers() if p["state"] == "open"} & want
+            if len(up) < min(len(want), READY_DEGREE):
                 return False
-        return True
+            open_to[name] = up
+        names = list(open_to)
+        seen = {names[0]}
+        todo = [names[0]]
+        while todo:
+            for peer in open_to[todo.pop()]:
+                if peer not in seen:
+                    seen.add(peer)
+                    todo.append(peer)
+        return len(seen) == len(names)
 
     async def _play_flow(self, index: int) -> None:
         fs = self.flows[index]
@@ -317,6 +376,8 @@ class Simulation:
                 packet_id = await node.publish(body)
                 fs.sent_at[packet_id] = loop.time()
                 fs.published += 1
+                if fs.first_sent is None:
+                    fs.first_sent = loop.time()
             if flow.interval > 0 and seq + 1 < flow.count:
                 await asyncio.sleep(flow.interval)
         fs.done_publishing = True
@@ -325,10 +386,12 @@ class Simulation:
 
     async def _play_events(self) -> None:
         loop = asyncio.get_running_loop()
-        for event in self.scenario.events:
+        for event in self.events:
             await asyncio.sleep(max(0.0, event.at - loop.time()))
             outcome = await self._apply(event)
             entry: dict[str, Any] = {"at": event.at, "action": event.action}
+            if event.churn is not None:
+                entry["churn"] = event.churn
             if event.link is not None:
                 entry["link"] = list(event.link)
             if event.node is not None:
@@ -430,7 +493,7 @@ class Simulation:
                 }
             out.append({"index": i, "from": f.source, "topic": f.topic, "count": f.count, "vectors": f.vectors,
                         "dim": f.dim, "published": fs.published, "not_published": fs.not_published,
-                        "complete": fs.complete(), "receivers": receivers})
+                        "complete": fs.complete(), "receivers": receivers, "hops": _hops_summary(fs.hops)})
         return out
 
     def _report(self, end: float, stopped_by: str) -> dict[str, Any]:
@@ -457,6 +520,8 @@ class Simulation:
                            for w in node.workers()]
             nodes[name] = {
                 "running": node is not None, "incarnations": self.incarnation[name],
+                "joins": [{"started_at": round(t0, 6), "first_delivery_at": None if t1 is None else round(t1, 6),
+                           "join_s": self._join_s(name, t0, t1)} for t0, t1 in self.joins[name]],
                 "bytes_sent": per_node_sent[name], "bytes_received": per_node_recv[name],
                 "counters": dict(sorted(counters.items())), "workers": workers,
                 "accuracy": {w: s.to_dict() for w, s in self.accuracy[name].items()},
@@ -474,6 +539,8 @@ class Simulation:
                                           default=None),
             },
             "nodes": nodes, "links": links, "flows": flows, "events": self.events_done,
+            "churn": self._churn_report(),
+            "mesh": self._mesh_summary(nodes, flows),
             "timeline": self._timeline(end),
         }
         report["expectations"] = evaluate_expectations(sc, report)
@@ -508,12 +575,115 @@ class Simulation:
 
     def _link_spec_profile(self, src: str, dst: str) -> str:
         """The name of the profile the topology gave the directed link src -> dst."""
-        for spec in self.scenario.links:
-            if (spec.a, spec.b) == (src, dst):
-                return spec.profile
-            if (spec.b, spec.a) == (src, dst):
-                return spec.reverse
-        raise KeyError(f"{src}->{dst}")
+        return self._spec_profile[(src, dst)]
+
+    def _join_s(self, name: str, started: float, first: float | None) -> float | None:
+        """Seconds from a (re)start to the node's first delivery, counted from when its flows began
+        publishing if that was later (a node started before any traffic does not wait for itself)."""
+        if first is None:
+            return None
+        began = [fs.first_sent for fs in self.flows if name in fs.flow.receivers and fs.first_sent is not None]
+        return round(first - max(started, min(began, default=started)), 6)
+
+    def _churn_report(self) -> list[dict[str, Any]]:
+        """Per [[churn]] table: which nodes it drew, and when each went down and came back."""
+        out = []
+        for i, c in enumerate(self.scenario.churn):
+            downs: dict[str, dict[str, float]] = {}
+            for e in self.events:
+                if e.churn == i and e.node is not None:
+                    downs.setdefault(e.node, {})["down_at" if e.action == "kill" else "up_at"] = e.at
+            out.append({"index": i, "fraction": c.fraction, "publishers": c.publishers,
+                        "nodes": dict(sorted(downs.items()))})
+        return out
+
+    def _mesh_summary(self, nodes: dict[str, Any], flows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Figures for the whole mesh (docs/SIM.md "mesh"): bytes per node by traffic class (mean, max),
+        delivery and duplicates over every flow and receiver, end-to-end latency and hops, join times."""
+        names = self.scenario.node_names
+        sent = {n: Counter[str]() for n in names}
+        received = {n: Counter[str]() for n in names}
+        unclassified: set[str] = set()
+        for (src, dst), link in self.net.links.items():
+            for kind, nbytes in link.stats.kind_bytes_sent.items():
+                sent[src][traffic_class(kind)] += nbytes
+                if kind not in TRAFFIC_CLASS:
+                    unclassified.add(kind)
+            for kind, nbytes in link.stats.kind_bytes.items():
+                received[dst][traffic_class(kind)] += nbytes
+                if kind not in TRAFFIC_CLASS:
+                    unclassified.add(kind)
+
+        def spread(per_node: dict[str, Counter[str]]) -> dict[str, dict[str, float]]:
+            out = {}
+            for cls in ("all", *CLASSES):
+                values = [sum(c.values()) if cls == "all" else c[cls] for c in per_node.values()]
+                out[cls] = {"mean": round(sum(values) / len(values), 1), "max": max(values)}
+            return out
+
+        expected = delivered = duplicates = 0
+        ratios = []
+        latency = LatencyHistogram()
+        steady = LatencyHistogram()    # receivers that never restarted: a catch-up is late by design
+        hops: Counter[int] = Counter()
+        for fs, f in zip(self.flows, flows):
+            hops.update(fs.hops)
+            for r, v in f["receivers"].items():
+                expected += fs.published
+                delivered += v["delivered"]
+                duplicates += v["duplicates"]
+                if v["delivery_ratio"] is not None:
+                    ratios.append(v["delivery_ratio"])
+                latency.merge(fs.latency[r])
+                if self.incarnation[r] <= 1:
+                    steady.merge(fs.latency[r])
+        joins = {"first_start": [], "restart": []}
+        never = 0
+        for name in names:
+            for k, j in enumerate(nodes[name]["joins"]):
+                if j["join_s"] is None:
+                    never += k > 0
+                else:
+                    joins["restart" if k else "first_start"].append(j["join_s"])
+        return {
+            "nodes": len(names), "links_made": len(self.net.links) // 2,
+            "bytes_per_node": {"sent": spread(sent), "received": spread(received)},
+            "unclassified_kinds": sorted(unclassified),
+            "delivery": {"expected": expected, "delivered": delivered,
+                         "ratio": round(delivered / expected, 6) if expected else None,
+                         "ratio_min": min(ratios, default=None), "duplicates": duplicates,
+                         "duplicate_ratio": round(duplicates / delivered, 6) if delivered else None},
+            "latency_ms": latency.summary_ms(),
+            "latency_ms_steady": steady.summary_ms(),
+            "hops": _hops_summary(hops),
+            "join_s": {"first_start": _spread_s(joins["first_start"]),
+                       "restart": {**_spread_s(joins["restart"]), "never": never}},
+        }
+
+
+def _hops_summary(hops: Counter[int]) -> dict[str, Any]:
+    """Links travelled per first delivery: mean, p50, p99, max and the histogram (hops -> deliveries)."""
+    n = sum(hops.values())
+    if not n:
+        return {"count": 0, "mean": None, "p50": None, "p99": None, "max": None, "histogram": {}}
+
+    def pct(q: float) -> int:
+        rank, seen = max(1, math.ceil(q / 100 * n)), 0
+        for h in sorted(hops):
+            seen += hops[h]
+            if seen >= rank:
+                return h
+        return max(hops)
+    return {"count": n, "mean": round(sum(h * c for h, c in hops.items()) / n, 4), "p50": pct(50), "p99": pct(99),
+            "max": max(hops), "histogram": {str(h): hops[h] for h in sorted(hops)}}
+
+
+def _spread_s(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0, "mean": None, "p50": None, "max": None}
+    ordered = sorted(values)
+    return {"count": len(values), "mean": round(sum(values) / len(values), 6),
+            "p50": ordered[(len(ordered) - 1) // 2], "max": ordered[-1]}
 
 
 def _phase_of(status: Any) -> str | None:
@@ -632,6 +802,16 @@ def verdict(report: dict[str, Any], *, stated: bool) -> dict[str, Any]:
 def run_scenario(scenario: Scenario, *, workdir: Path | None = None, capture_dir: Path | None = None,
                  on_progress: Callable[[Progress], None] | None = None, progress_interval: float = 1.0) -> dict[str, Any]:
     """Run `scenario` on virtual time and return its report (see docs/SIM.md)."""
+    return run_timed(scenario, workdir=workdir, capture_dir=capture_dir, on_progress=on_progress,
+                     progress_interval=progress_interval)[0]
+
+
+def run_timed(scenario: Scenario, *, workdir: Path | None = None, capture_dir: Path | None = None,
+              on_progress: Callable[[Progress], None] | None = None,
+              progress_interval: float = 1.0) -> tuple[dict[str, Any], SimTiming]:
+    """run_scenario, and how long it took in wall-clock and CPU time (kept out of the report, which
+    must be the same on every run)."""
+    wall0, cpu0 = time.monotonic(), time.process_time()
     with contextlib.ExitStack() as stack:
         if workdir is None:
             # Short: the node control sockets live here, and a unix socket path has at most 107 bytes.
@@ -641,4 +821,8 @@ def run_scenario(scenario: Scenario, *, workdir: Path | None = None, capture_dir
         sim = Simulation(scenario, workdir=workdir, capture_dir=capture_dir, on_progress=on_progress,
                          progress_interval=progress_interval)
         sim.prepare()
-        return run_virtual(sim.run())
+        run0 = time.monotonic()
+        report = run_virtual(sim.run())
+    now = time.monotonic()
+    return report, SimTiming(wall_s=now - wall0, run_wall_s=now - run0, cpu_s=time.process_time() - cpu0,
+                             sim_s=report["sim_time_s"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import random
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -14,17 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from ..identity import validate_node_name
-from ..net.sim.links import PRESETS, GilbertElliott, LinkProfile
+from ..net.sim.links import PRESETS, GilbertElliott, LinkProfile, derive_rng
 
 __all__ = [
-    "EXPECT_KEYS", "Event", "Expect", "Flow", "LinkSpec", "NodeSpec", "Scenario", "ScenarioError", "Stop",
+    "EXPECT_KEYS", "Churn", "Event", "Expect", "Flow", "LinkSpec", "NodeSpec", "Scenario", "ScenarioError", "Stop",
     "load_scenario", "parse_scenario", "trainers_with_rounds",
 ]
 
-TOPOLOGIES = ("full_mesh", "line", "star", "explicit")
+TOPOLOGIES = ("full_mesh", "line", "ring", "star", "random", "clustered", "explicit")
+# What a cluster of a clustered topology can be inside, and how clusters are joined to each other.
+INTRA_KINDS = ("full_mesh", "line", "ring", "star", "random")
+INTER_KINDS = ("full_mesh", "line", "ring", "star")
 ACTIONS = ("cut", "restore", "kill", "restart", "set_profile")
 STOP_WHEN = ("time", "delivered", "workers_done")
-MAX_NODES = 256
+# Every simulated node is a real Node in one process, with a real control socket (one file descriptor)
+# and its own key and certificate: 500 keeps far from the usual 1024-descriptor limit and from runs
+# that take hours of wall time (300 nodes is what issue 15 asks to run; docs/SIM.md has the speeds).
+MAX_NODES = 500
 MAX_FLOW_PACKETS = 1_000_000
 
 
@@ -77,6 +84,30 @@ class Event:
     link: tuple[str, str] | None = None
     node: str | None = None
     profile: str | None = None
+    churn: int | None = None        # index of the [[churn]] table this event was drawn for; None: [[events]]
+
+
+@dataclass(frozen=True)
+class Churn:
+    """[[churn]]: `fraction` of the nodes (round(fraction x all nodes), at least 1, at most the eligible
+    ones) are each killed once at a uniform random time in [start, end) and restarted after a uniform
+    random downtime in [down_min, down_max]. Drawn when the run starts, from the run's seed and the
+    table's index (Scenario.churn_events), so `--seed` draws another churn as it draws other losses."""
+
+    fraction: float
+    start: float
+    end: float
+    down_min: float
+    down_max: float
+    publishers: bool = False        # may a flow's source be chosen? (default no: its flow would pause)
+    nodes: tuple[str, ...] = ()     # the eligible nodes before the publisher rule; () = every node
+
+    def eligible(self, all_nodes: Sequence[str], sources: set[str]) -> list[str]:
+        pool = list(self.nodes) if self.nodes else list(all_nodes)
+        return [n for n in pool if self.publishers or n not in sources]
+
+    def count(self, n_nodes: int, n_eligible: int) -> int:
+        return min(n_eligible, max(1, round(self.fraction * n_nodes))) if self.fraction > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -117,10 +148,33 @@ class Scenario:
     listen_port: int = 7000
     source: Path | None = None      # the file it came from: relative paths in worker settings resolve there
     expect: Expect | None = None    # [expect]; None: the scenario states no expectation
+    churn: tuple[Churn, ...] = ()   # [[churn]]: expanded into kill / restart events by churn_events()
+    # full_mesh: one LAN, where every pair *can* connect (links holds every pair all the same, as the
+    # nodes' candidates); the simulator then makes a link only when a connection uses it
+    segment: bool = False
 
     @property
     def node_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.nodes)
+
+    def churn_events(self) -> tuple[Event, ...]:
+        """The kill / restart events of every [[churn]] table, drawn from this scenario's seed."""
+        names = self.node_names
+        sources = {f.source for f in self.flows}
+        out: list[Event] = []
+        for i, c in enumerate(self.churn):
+            rng = derive_rng(self.seed, "churn", str(i))
+            pool = c.eligible(names, sources)
+            for node in rng.sample(pool, c.count(len(names), len(pool))):
+                kill = rng.uniform(c.start, c.end)
+                back = kill + rng.uniform(c.down_min, c.down_max)
+                out += [Event(round(kill, 6), "kill", node=node, churn=i),
+                        Event(round(back, 6), "restart", node=node, churn=i)]
+        return tuple(out)
+
+    def all_events(self) -> tuple[Event, ...]:
+        """[[events]] and the churn's, in time order ([[events]] first among events at the same time)."""
+        return tuple(sorted((*self.events, *self.churn_events()), key=lambda e: (e.at, e.churn is not None)))
 
 
 # ------------------------------------------------------------------------------------ checking
@@ -266,8 +320,8 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario", source: P
 
 def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
     top = _Reader(data, "")
-    top.only("name", "seed", "listen_port", "defaults", "profiles", "nodes", "topology", "traffic", "events", "stop",
-             "expect")
+    top.only("name", "seed", "listen_port", "defaults", "profiles", "nodes", "node_groups", "topology", "traffic",
+             "events", "churn", "stop", "expect")
     name = top.get("name", str, default_name)
     seed = top.get("seed", int, 0, check=_at_least(0))
     listen_port = top.get("listen_port", int, 7000, check=lambda v: None if 1 <= v <= 65535 else "must be 1..65535")
@@ -285,26 +339,38 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
 
     nodes: list[NodeSpec] = []
     seen: set[str] = set()
-    for nr in top.tables("nodes"):
-        nr.only("name", "limits", "workers")
-        nname = nr.get("name", str)
+
+    def add_node(nname: str, r: _Reader, key: str) -> None:
         try:
             validate_node_name(nname)
         except ValueError as e:
-            raise ScenarioError(nr.key("name"), str(e)) from None
+            raise ScenarioError(r.key(key), str(e)) from None
         if nname in seen:
-            raise ScenarioError(nr.key("name"), f"node {nname!r} is named twice")
+            raise ScenarioError(r.key(key), f"node {nname!r} is named twice")
+        if len(seen) >= MAX_NODES:
+            raise ScenarioError(r.key(key), f"at most {MAX_NODES} nodes")
         seen.add(nname)
         workers = []
-        for wr in nr.tables("workers"):
+        for wr in r.tables("workers"):
             wr.only("name", "type", "settings")
             workers.append({"name": wr.get("name", str), "type": wr.get("type", str),
                             "settings": dict(wr.get("settings", dict, {}))})
-        nodes.append(NodeSpec(nname, _limits(nr.table("limits", default={})), tuple(workers)))
+        nodes.append(NodeSpec(nname, _limits(r.table("limits", default={})), tuple(workers)))
+
+    for nr in top.tables("nodes"):
+        nr.only("name", "limits", "workers")
+        add_node(nr.get("name", str), nr, "name")
+    for gr in top.tables("node_groups"):
+        # count nodes named prefix + a number, zero-padded to the width of the largest, from `first`
+        gr.only("prefix", "count", "first", "limits", "workers")
+        prefix = gr.get("prefix", str)
+        count = gr.get("count", int, check=lambda v: None if 1 <= v <= MAX_NODES else f"must be 1..{MAX_NODES}")
+        first = gr.get("first", int, 1, check=_at_least(0))
+        width = len(str(first + count - 1))
+        for k in range(first, first + count):
+            add_node(f"{prefix}{k:0{width}d}", gr, "prefix")
     if not nodes:
-        raise ScenarioError("nodes", "at least one [[nodes]] table is required")
-    if len(nodes) > MAX_NODES:
-        raise ScenarioError("nodes", f"at most {MAX_NODES} nodes, got {len(nodes)}")
+        raise ScenarioError("nodes", "at least one [[nodes]] or [[node_groups]] table is required")
     names = [n.name for n in nodes]
 
     def node_ref(r: _Reader, key: str) -> str:
@@ -314,13 +380,10 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
         return v
 
     topo = top.table("topology")
-    topo.only("kind", "profile", "reverse", "center", "links")
     kind = topo.get("kind", str, check=_one_of(*TOPOLOGIES))
+    topo.only("kind", *_TOPOLOGY_KEYS[kind])
     links: list[LinkSpec] = []
     if kind == "explicit":
-        for key in ("reverse", "center"):
-            if key in topo.data:
-                raise ScenarioError(topo.key(key), "not used by an explicit topology (give it per link)")
         default_profile = _profile_ref(topo, "profile", profiles) if "profile" in topo.data else None
         for lr in topo.tables("links"):
             lr.only("a", "b", "profile", "reverse")
@@ -331,21 +394,13 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
             links.append(LinkSpec(a, b, p, _profile_ref(lr, "reverse", profiles, p)))
         if not links:
             raise ScenarioError(topo.key("links"), "an explicit topology needs at least one [[topology.links]]")
+    elif kind == "clustered":
+        links = _clustered(topo, names, profiles, seed)
     else:
-        if "links" in topo.data:
-            raise ScenarioError(topo.key("links"), f"only for kind = \"explicit\", not {kind!r}")
         p = _profile_ref(topo, "profile", profiles)
         rev = _profile_ref(topo, "reverse", profiles, p)
-        if kind == "full_mesh":
-            pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
-        elif kind == "line":
-            pairs = list(zip(names, names[1:]))
-        else:
-            center = node_ref(topo, "center") if "center" in topo.data else names[0]
-            pairs = [(center, n) for n in names if n != center]
-        if "center" in topo.data and kind != "star":
-            raise ScenarioError(topo.key("center"), f"only for kind = \"star\", not {kind!r}")
-        links = [LinkSpec(a, b, p, rev) for a, b in pairs]
+        center = node_ref(topo, "center") if "center" in topo.data else None
+        links = [LinkSpec(a, b, p, rev) for a, b in _shape(topo, kind, names, seed, center)]
     pair_set: set[frozenset[str]] = set()
     for i, link in enumerate(links):
         key = frozenset((link.a, link.b))
@@ -412,8 +467,173 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
         if e.at > stop.time:
             raise ScenarioError(f"events[{i}].at", f"{e.at} is after stop.time {stop.time}")
     expect = _expect(top.table("expect"), nodes, flows) if "expect" in top.data else None
+    churn = tuple(_churn(cr, stop, names, flows) for cr in top.tables("churn"))
     return Scenario(name, seed, tuple(nodes), tuple(links), profiles, tuple(flows), tuple(events), stop,
-                    default_limits, listen_port, expect=expect)
+                    default_limits, listen_port, expect=expect, churn=churn, segment=kind == "full_mesh")
+
+
+# ------------------------------------------------------------------------------------ topologies
+
+# The keys each topology kind takes besides `kind` (anything else is an error naming the key).
+_TOPOLOGY_KEYS: dict[str, tuple[str, ...]] = {
+    "full_mesh": ("profile", "reverse"),
+    "line": ("profile", "reverse"),
+    "ring": ("profile", "reverse", "neighbours"),
+    "star": ("profile", "reverse", "center"),
+    "random": ("profile", "reverse", "degree", "seed"),
+    "clustered": ("profile", "reverse", "clusters", "sizes", "seed", "intra", "inter"),
+    "explicit": ("profile", "links"),
+}
+
+
+def _shape(r: _Reader, kind: str, names: Sequence[str], seed: int, center: str | None) -> list[tuple[str, str]]:
+    """The pairs (a listens, b dials) of a generated topology over `names`, in a fixed order."""
+    n = len(names)
+    if kind == "full_mesh":
+        return [(names[i], names[j]) for i in range(n) for j in range(i + 1, n)]
+    if kind == "line":
+        return list(zip(names, names[1:]))
+    if kind == "star":
+        hub = center if center is not None else names[0]
+        return [(hub, x) for x in names if x != hub]
+    if kind == "ring":
+        k = r.get("neighbours", int, 1, check=_at_least(1))
+        if n < 3:
+            raise ScenarioError(r.path, f"a ring needs at least 3 nodes, got {n}")
+        if 2 * k >= n:
+            raise ScenarioError(r.key("neighbours"), f"must be < half the nodes ({n}), got {k}: use full_mesh")
+        # node i links to the next k around the ring (degree 2k)
+        return [(names[i], names[(i + d) % n]) for d in range(1, k + 1) for i in range(n)]
+    # random
+    degree = r.get("degree", int, check=_at_least(2))
+    if n < 3 or degree >= n - 1:
+        raise ScenarioError(r.key("degree"), f"must be < {n - 1} (nodes - 1) for {n} nodes; use full_mesh")
+    rng = derive_rng(r.get("seed", int, seed, check=_at_least(0)), "topology", r.path)
+    return _random_graph(list(names), degree, rng)
+
+
+def _random_graph(names: list[str], degree: int, rng: random.Random) -> list[tuple[str, str]]:
+    """A connected random graph where every node has `degree` links (a few may end one short when no
+    partner is left): a random ring (connected by construction), then random chords between nodes that
+    still have room, the emptiest first."""
+    n = len(names)
+    order = names[:]
+    rng.shuffle(order)
+    index = {x: i for i, x in enumerate(names)}
+    adj: dict[str, set[str]] = {x: set() for x in names}
+    pairs: list[tuple[str, str]] = []
+
+    def join(a: str, b: str) -> None:
+        adj[a].add(b)
+        adj[b].add(a)
+        pairs.append((a, b) if index[a] < index[b] else (b, a))
+
+    for i in range(n):
+        join(order[i], order[(i + 1) % n])
+    for x in order:
+        tries = 0
+        while len(adj[x]) < degree and tries < 4 * n:
+            tries += 1
+            y = order[rng.randrange(n)]
+            if y != x and y not in adj[x] and len(adj[y]) < degree:
+                join(x, y)
+        if len(adj[x]) < degree:            # random tries ran dry: take the first partner left, if any
+            for y in order:
+                if len(adj[x]) >= degree:
+                    break
+                if y != x and y not in adj[x] and len(adj[y]) < degree:
+                    join(x, y)
+    return pairs
+
+
+def _clustered(topo: _Reader, names: list[str], profiles: Mapping[str, LinkProfile], seed: int) -> list[LinkSpec]:
+    """Clusters (consecutive blocks of the node order) with a topology inside each and links between
+    them: [topology.intra] {kind, profile, reverse, degree / neighbours}, [topology.inter] {kind (how
+    clusters are joined: full_mesh = every pair of clusters), links (per joined pair), profile, reverse}.
+    Link j between clusters p and q joins their nodes number j (their first nodes act as gateways), so
+    a scenario can name an inter-cluster link in an event."""
+    n = len(names)
+    if "sizes" in topo.data:
+        if "clusters" in topo.data:
+            raise ScenarioError(topo.key("clusters"), "give clusters or sizes, not both")
+        sizes = topo.get("sizes", list)
+        for j, v in enumerate(sizes):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ScenarioError(f"{topo.key('sizes')}[{j}]", f"expected an int >= 1, got {v!r}")
+        if sum(sizes) != n:
+            raise ScenarioError(topo.key("sizes"), f"add up to {sum(sizes)}, but the scenario has {n} nodes")
+    else:
+        k = topo.get("clusters", int, check=lambda v: None if 2 <= v <= n else f"must be 2..{n} (the nodes)")
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    if len(sizes) < 2:
+        raise ScenarioError(topo.key("sizes"), "a clustered topology needs at least 2 clusters")
+    blocks, at = [], 0
+    for size in sizes:
+        blocks.append(names[at:at + size])
+        at += size
+    default = topo.data.get("profile")
+    intra = topo.table("intra")
+    ikind = intra.get("kind", str, "full_mesh", check=_one_of(*INTRA_KINDS))
+    intra.only("kind", "profile", "reverse", *{"ring": ("neighbours",), "random": ("degree",)}.get(ikind, ()))
+    ip = _profile_ref(intra, "profile", profiles, default)
+    irev = _profile_ref(intra, "reverse", profiles, ip)
+    links: list[LinkSpec] = []
+    tseed = topo.get("seed", int, seed, check=_at_least(0))
+    for c, block in enumerate(blocks):
+        if len(block) == 1:
+            continue
+        kind = ikind
+        if kind == "ring" and len(block) < 3 or kind == "random" and len(block) <= 3:
+            kind = "full_mesh"          # too small for the shape: all of them are linked anyway
+        sub = _Reader(intra.data, intra.path)
+        pairs = (_shape(sub, kind, block, tseed + c, None) if kind != "random" else
+                 _random_graph(block, min(sub.get("degree", int, check=_at_least(2)), len(block) - 1),
+                               derive_rng(tseed, "topology", f"cluster{c}")))
+        links += [LinkSpec(a, b, ip, irev) for a, b in pairs]
+    inter = topo.table("inter")
+    inter.only("kind", "links", "profile", "reverse")
+    xkind = inter.get("kind", str, "full_mesh", check=_one_of(*INTER_KINDS))
+    per_pair = inter.get("links", int, 1, check=_at_least(0))
+    xp = _profile_ref(inter, "profile", profiles, default)
+    xrev = _profile_ref(inter, "reverse", profiles, xp)
+    ids = [str(i) for i in range(len(blocks))]
+    if xkind == "ring" and len(blocks) < 3:
+        xkind = "line"
+    joined = _shape(_Reader({}, inter.path), xkind, ids, tseed, None)
+    have = {frozenset((x.a, x.b)) for x in links}
+    for p, q in joined:
+        bp, bq = blocks[int(p)], blocks[int(q)]
+        for j in range(min(per_pair, len(bp) * len(bq))):
+            a, b = bp[j % len(bp)], bq[(j + j // len(bp)) % len(bq)]
+            if frozenset((a, b)) not in have:
+                have.add(frozenset((a, b)))
+                links.append(LinkSpec(a, b, xp, xrev))
+    return links
+
+
+def _churn(r: _Reader, stop: Stop, names: list[str], flows: list[Flow]) -> Churn:
+    r.only("fraction", "start", "end", "down", "publishers", "nodes")
+    fraction = r.get("fraction", float, check=lambda v: None if 0 < v <= 1 else f"must be in (0, 1], got {v}")
+    start = r.get("start", float, check=_at_least(0.0))
+    end = r.get("end", float, check=lambda v: None if v > start else f"must be after start ({start}), got {v}")
+    down = r.get("down", list)
+    if len(down) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in down) \
+            or not 0 <= down[0] <= down[1]:
+        raise ScenarioError(r.key("down"), f"expected [min, max] seconds with 0 <= min <= max, got {down!r}")
+    if end + down[1] > stop.time:
+        raise ScenarioError(r.key("end"), f"a node killed just before end ({end}) and down for {down[1]} s would "
+                                          f"restart after stop.time ({stop.time})")
+    pool: tuple[str, ...] = ()
+    if "nodes" in r.data:
+        raw = r.get("nodes", list)
+        for j, x in enumerate(raw):
+            if x not in names:
+                raise ScenarioError(f"{r.key('nodes')}[{j}]", f"no node named {x!r}")
+        pool = tuple(raw)
+    c = Churn(fraction, start, end, float(down[0]), float(down[1]), r.get("publishers", bool, False), pool)
+    if not c.eligible(names, {f.source for f in flows}):
+        raise ScenarioError(r.path, "no node can churn (every candidate publishes; set publishers = true)")
+    return c
 
 
 def _ratio(v: float) -> str | None:

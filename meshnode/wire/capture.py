@@ -59,8 +59,10 @@ def is_capture(data: bytes | memoryview) -> bool:
 def iter_records(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[CaptureRecord]:
     """Yield the records of a whole capture file; a damaged record raises FrameError with its offset.
 
-    A record cut short at the very end (the daemon was killed mid-write) is reported as truncated,
-    after every complete record before it has been yielded.
+    A record cut short at the very end (the daemon was killed mid-write) is reported as truncated at
+    the record's first byte (SPEC Appendix A: "at that record", whichever field the file ends in),
+    after every complete record before it has been yielded. Other record errors carry the offset of
+    the field they are about: direction (+8), address length (+41), address, packet length.
     """
     view = memoryview(data)
     head = bytes(view[:len(CAPTURE_MAGIC)])
@@ -78,7 +80,8 @@ def iter_records(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -
     max_packet = limits.max_body + 72 + 64
     while offset < len(view):
         if len(view) - offset < _RECORD_HEAD.size:
-            raise FrameError(Reason.TRUNCATED, "capture record header cut short", offset=offset)
+            raise FrameError(Reason.TRUNCATED, f"capture record cut short in its header ({len(view) - offset} "
+                             f"of {_RECORD_HEAD.size} bytes)", offset=offset)
         ts, direction, peer, addr_len = _RECORD_HEAD.unpack_from(view, offset)
         if direction not in (0, 1):
             raise FrameError(Reason.BAD_HEADER, f"capture direction {direction}", offset=offset + 8)
@@ -86,7 +89,8 @@ def iter_records(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -
             raise FrameError(Reason.TOO_LARGE, f"capture address of {addr_len} bytes", offset=offset + 41)
         pos = offset + _RECORD_HEAD.size
         if len(view) - pos < addr_len + _PACKET_LEN.size:
-            raise FrameError(Reason.TRUNCATED, "capture record cut short", offset=pos)
+            raise FrameError(Reason.TRUNCATED, "capture record cut short in its address or packet length",
+                             offset=offset)
         try:
             address = bytes(view[pos:pos + addr_len]).decode("utf-8")
         except UnicodeDecodeError:
@@ -97,6 +101,7 @@ def iter_records(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -
             raise FrameError(Reason.TOO_LARGE, f"captured packet of {plen} bytes", offset=pos)
         pos += _PACKET_LEN.size
         if len(view) - pos < plen:
-            raise FrameError(Reason.TRUNCATED, "captured packet cut short", offset=pos)
+            raise FrameError(Reason.TRUNCATED, f"capture record cut short in its packet ({len(view) - pos} of "
+                             f"{plen} bytes)", offset=offset)
         yield CaptureRecord(ts, Direction(direction), bytes(peer), address, bytes(view[pos:pos + plen]))
         offset = pos + plen

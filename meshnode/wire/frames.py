@@ -26,7 +26,7 @@ from .packet import HEADER_LEN, MAGIC, PROTOCOL_VERSION, Fragment, Kind, Packet,
 
 __all__ = [
     "FRAME_PREFIX_LEN", "FRAGMENT_OVERHEAD", "encode_frame", "FrameDecoder", "fragment_packet", "iter_fragments",
-    "iter_fragment_frames", "Reassembler",
+    "iter_fragment_frames", "Reassembler", "ReassemblyBudget",
 ]
 
 FRAME_PREFIX_LEN = 4
@@ -212,24 +212,94 @@ class _Set:
     size: int                      # F, the size of every piece but the last
     created: float
     pieces: dict[int, bytes]
-    held: int                      # bytes charged to this set
+    held: int                      # bytes charged to this set (and to the budget, for its origin)
+
+
+class ReassemblyBudget:
+    """The bytes that incomplete fragment sets may hold, shared by every Reassembler of a node (one per
+    link), so that `cap` bounds them all together whatever the number of links, and each origin has a
+    share of its own. Sans-IO bookkeeping: no clock, no locks (one event loop charges it).
+
+    - `cap`: all origins together (a node passes `limits.reassembly_cap`).
+    - `per_origin`: one origin's share, default cap/4. Fragments travel one hop (SPEC section 5: their
+      origin is the peer at the other end of the link), so an origin is a peer, and a member whose
+      certificate is in an attacker's hands holds at most a quarter of the cap: three quarters stay for
+      everyone else. A quarter and not less, because one set must fit in one share: 16 MiB of the
+      default 64 MiB still holds an 8 MiB adapter delta twice over. A packet larger than the share is
+      refused (`reassembly_full`); raise `reassembly_cap` to receive larger ones.
+
+    A Reassembler makes room only by evicting sets of the same origin, never another origin's, so one
+    origin cannot push out another's sets; nor can it starve another: it holds at most `per_origin`, so
+    an origin is refused for lack of room only when the others together hold more than cap - per_origin
+    (with cap/4: three origins at full share).
+    """
+
+    __slots__ = ("cap", "per_origin", "held", "_by_origin", "refused")
+
+    def __init__(self, cap: int, per_origin: int | None = None) -> None:
+        if cap < 1:
+            raise ValueError("cap must be positive")
+        per_origin = max(cap // 4, 1) if per_origin is None else per_origin
+        if not 1 <= per_origin <= cap:
+            raise ValueError("per_origin must be between 1 and cap")
+        self.cap = cap
+        self.per_origin = per_origin
+        self.held = 0
+        self._by_origin: dict[bytes, int] = {}      # only origins holding something: at most one per link
+        self.refused = 0                             # pieces refused for lack of room, for metrics
+
+    def of(self, origin: bytes) -> int:
+        """Bytes held for `origin`."""
+        return self._by_origin.get(origin, 0)
+
+    @property
+    def origins(self) -> int:
+        """How many origins hold bytes now."""
+        return len(self._by_origin)
+
+    def fits(self, origin: bytes, n: int) -> bool:
+        return self.held + n <= self.cap and self._by_origin.get(origin, 0) + n <= self.per_origin
+
+    def charge(self, origin: bytes, n: int) -> None:
+        """Charge `n` bytes to `origin`; the caller has checked `fits`."""
+        self.held += n
+        self._by_origin[origin] = self._by_origin.get(origin, 0) + n
+
+    def release(self, origin: bytes, n: int) -> None:
+        if n <= 0:
+            return
+        left = self._by_origin.get(origin, 0) - n
+        if left < 0 or self.held < n:
+            raise AssertionError(f"released {n} bytes for an origin that holds {left + n}")
+        self.held -= n
+        if left:
+            self._by_origin[origin] = left
+        else:
+            del self._by_origin[origin]
 
 
 class Reassembler:
     """Reassembles fragment packets by (origin, whole), in any order, with duplicates.
 
-    Memory: `bytes_held` (piece data plus PIECE_OVERHEAD per piece and SET_OVERHEAD per set, so that
-    many tiny pieces cannot hide their cost) never exceeds `limits.reassembly_cap`: a piece that would
-    exceed it evicts the oldest incomplete sets first; a set that could not fit even alone is refused
-    with REASSEMBLY_FULL. Time: sets older than `limits.reassembly_timeout` (since their first piece)
-    are dropped by `expire(now)`, which `add` also calls. `now` must not go backwards.
+    Memory: the bytes held (piece data plus PIECE_OVERHEAD per piece and SET_OVERHEAD per set, so that
+    many tiny pieces cannot hide their cost) are charged to a ReassemblyBudget shared by every
+    Reassembler of a node (`budget`; without one, a budget of its own of `limits.reassembly_cap`, all
+    of which one origin may use). A piece that does not fit evicts the oldest incomplete sets of the
+    same origin first, never another origin's; a set that cannot fit in its origin's share even alone is
+    refused at its first piece with REASSEMBLY_FULL, and so is a piece that still does not fit once its
+    origin's older sets are gone (the global cap is full of other origins' sets; its set is dropped).
+    `bytes_held` is what this Reassembler holds. Time: sets older than `limits.reassembly_timeout`
+    (since their first piece) are dropped by `expire(now)`, which `add` also calls. `now` must not go
+    backwards. `clear()` gives everything back (the link is closing).
 
     A piece that disagrees with its set (count, total, length, or the content of a duplicate) raises
     BAD_FRAGMENT and drops the whole set. Pieces of a set completed recently are ignored.
     """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, budget: ReassemblyBudget | None = None) -> None:
         self.limits = limits
+        self.budget = budget if budget is not None else ReassemblyBudget(limits.reassembly_cap,
+                                                                         limits.reassembly_cap)
         self._sets: dict[tuple[bytes, bytes], _Set] = {}     # insertion order = age order
         self._done: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
         self.bytes_held = 0
@@ -247,14 +317,19 @@ class Reassembler:
         sets = self._sets
         while sets:
             key = next(iter(sets))
-            s = sets[key]
-            if s.created > deadline:
+            if sets[key].created > deadline:
                 break
-            del sets[key]
-            self.bytes_held -= s.held
+            self._drop(key)
             dropped += 1
         self.expired += dropped
         return dropped
+
+    def clear(self) -> int:
+        """Drop every incomplete set and give its bytes back to the budget; returns how many."""
+        n = len(self._sets)
+        for key in list(self._sets):
+            self._drop(key)
+        return n
 
     def add(self, packet: Packet, now: float) -> bytes | None:
         """Add one fragment packet; returns the whole packet's bytes when this piece completes it."""
@@ -263,7 +338,8 @@ class Reassembler:
             raise FrameError(Reason.BAD_FRAGMENT, f"a {packet.header.kind.name.lower()} packet is not a fragment")
         self.expire(now)
         lim = self.limits
-        key = (packet.header.origin, frag.whole)
+        origin = packet.header.origin
+        key = (origin, frag.whole)
         if key in self._done:
             return None
         count, total, index, data = frag.count, frag.total, frag.index, frag.data
@@ -277,13 +353,18 @@ class Reassembler:
                 self._remember(key)
                 self.completed += 1
                 return data
-            if total + count * PIECE_OVERHEAD + SET_OVERHEAD > lim.reassembly_cap:
+            share = self.budget.per_origin
+            if total + count * PIECE_OVERHEAD + SET_OVERHEAD > share:
                 raise FrameError(Reason.REASSEMBLY_FULL,
-                                 f"a packet of {total} bytes in {count} pieces exceeds the reassembly cap {lim.reassembly_cap}")
-            s = _Set(count, total, size, now, {}, SET_OVERHEAD)
-            self._make_room(s.held + length + PIECE_OVERHEAD, None)
+                                 f"a packet of {total} bytes in {count} pieces exceeds the reassembly cap {share}"
+                                 + (" of one origin" if share < self.budget.cap else ""))
+            s = _Set(count, total, size, now, {}, 0)
+            if not self._make_room(origin, SET_OVERHEAD + length + PIECE_OVERHEAD, None):
+                self.budget.refused += 1
+                raise FrameError(Reason.REASSEMBLY_FULL, f"no room for a new set of {total} bytes: "
+                                 f"{self.budget.held} bytes held by {self.budget.origins} origins")
             self._sets[key] = s
-            self.bytes_held += s.held
+            self._charge(origin, s, SET_OVERHEAD)
         else:
             if count != s.count or total != s.total:
                 self._drop(key)
@@ -299,10 +380,13 @@ class Reassembler:
                     self._drop(key)
                     raise FrameError(Reason.BAD_FRAGMENT, f"duplicate piece {index} differs from the first copy")
                 return None
-            self._make_room(length + PIECE_OVERHEAD, key)
+            if not self._make_room(origin, length + PIECE_OVERHEAD, key):
+                self._drop(key)
+                self.budget.refused += 1
+                raise FrameError(Reason.REASSEMBLY_FULL, f"no room for piece {index} of a set of {total} bytes: "
+                                 f"{self.budget.held} bytes held by {self.budget.origins} origins")
         s.pieces[index] = data
-        s.held += length + PIECE_OVERHEAD
-        self.bytes_held += length + PIECE_OVERHEAD
+        self._charge(origin, s, length + PIECE_OVERHEAD)
         if len(s.pieces) < count:
             return None
         self._drop(key)
@@ -311,19 +395,28 @@ class Reassembler:
         pieces = s.pieces
         return b"".join([pieces[i] for i in range(count)])
 
-    def _make_room(self, need: int, keep: tuple[bytes, bytes] | None) -> None:
-        cap = self.limits.reassembly_cap
-        while self.bytes_held + need > cap:
-            victim = next((k for k in self._sets if k != keep), None)
+    def _charge(self, origin: bytes, s: _Set, n: int) -> None:
+        s.held += n
+        self.bytes_held += n
+        self.budget.charge(origin, n)
+
+    def _make_room(self, origin: bytes, need: int, keep: tuple[bytes, bytes] | None) -> bool:
+        """Evict this origin's oldest sets (never `keep`, never another origin's) until `need` more bytes
+        fit in the budget; False if they cannot."""
+        budget = self.budget
+        while not budget.fits(origin, need):
+            victim = next((k for k in self._sets if k[0] == origin and k != keep), None)
             if victim is None:
-                return
+                return False
             self._drop(victim)
             self.evicted += 1
+        return True
 
     def _drop(self, key: tuple[bytes, bytes]) -> None:
         s = self._sets.pop(key, None)
         if s is not None:
             self.bytes_held -= s.held
+            self.budget.release(key[0], s.held)
 
     def _remember(self, key: tuple[bytes, bytes]) -> None:
         self._done[key] = None

@@ -15,7 +15,7 @@ class Limits:
     max_trits: int = 1 << 28            # count * dim in one block, elements in one tensor
     max_fragments: int = 1 << 16        # pieces of one fragmented packet
     fragment_size: int = 64 << 10       # bytes of the whole packet carried by one fragment
-    reassembly_cap: int = 64 << 20      # bytes held by all incomplete fragment sets together
+    reassembly_cap: int = 64 << 20      # bytes held by all incomplete fragment sets of all links; a quarter per origin
     reassembly_timeout: float = 30.0    # seconds an incomplete set may wait for its pieces
     max_collection: int = 1 << 16       # entries in one msgpack array or map
     max_str: int = 1 << 16              # bytes in one msgpack str

@@ -13,6 +13,7 @@ per kind, so adding an optional field in a minor version is one line.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import time
@@ -35,8 +36,9 @@ from .trits import Encoding
 __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "HEADER_LEN", "SIGNATURE_LEN", "DEFAULT_HOP_LIMIT", "SIGNATURE_DOMAIN",
     "Kind", "Flags", "Encoding", "VectorBlock", "Tensor", "Hello", "Ping", "Pong", "Vectors", "Knowledge",
-    "Delta", "DeltaTensor", "Ack", "Nack", "Fragment", "Bye", "Body", "Header", "Packet", "Signer",
-    "node_id_of", "encode_packet", "decode_packet", "verify_packet", "set_hop_limit", "max_packet_len",
+    "Delta", "DeltaTensor", "Ack", "Nack", "Fragment", "Bye", "Gossip", "Body", "Header", "Packet", "Signer",
+    "node_id_of", "encode_packet", "decode_packet", "verify_packet", "public_key_problem", "set_hop_limit",
+    "max_packet_len",
     "signature_input",
 ]
 
@@ -54,6 +56,7 @@ MIN_MAX_FRAME = 1024          # smallest max_frame a hello may announce (room fo
 _HEADER = struct.Struct("<4sBBBBB3sIQ16s32s")
 assert _HEADER.size == HEADER_LEN
 _HOP_OFFSET = 8
+_FLAGS_OFFSET = 7
 _RESERVED_FLAGS = 0x0E        # bits 1-3 must be 0; bits 4-7 are hints a v1.0 reader ignores
 _U64_MAX = (1 << 64) - 1
 
@@ -69,6 +72,7 @@ class Kind(IntEnum):
     NACK = 8
     FRAGMENT = 9
     BYE = 10
+    GOSSIP = 11
 
 
 class Flags(IntFlag):
@@ -324,7 +328,20 @@ class Bye:
     detail: str | None = None
 
 
-Body = Hello | Ping | Pong | Vectors | Knowledge | Delta | Ack | Nack | Fragment | Bye
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """Link-local overlay control (SPEC §4, "gossip"): ids the sender holds, ids it asks for, a change of
+    the link's role in the overlay, and dial addresses of members. Sent only to peers whose hello lists
+    the "gossip" capability; hop limit 0, never forwarded."""
+
+    KIND: ClassVar[Kind] = Kind.GOSSIP
+    have: tuple[bytes, ...] = ()
+    want: tuple[bytes, ...] = ()
+    mesh: str | None = None                      # "graft" | "prune"
+    peers: tuple[tuple[bytes, str], ...] = ()    # (node id, "host:port") of members the sender links to
+
+
+Body = Hello | Ping | Pong | Vectors | Knowledge | Delta | Ack | Nack | Fragment | Bye | Gossip
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -820,6 +837,37 @@ TENSOR = _TensorT()
 
 # ---- cross-field checks (the "check" column of the schema table)
 
+# A gossip body lists at most this many ids in `have` and in `want`, and this many `peers`: enough for a
+# few seconds of traffic and a handful of dial hints, small enough that one gossip packet costs a
+# receiver a bounded amount of work however it was made.
+MAX_GOSSIP_IDS = 1024
+MAX_GOSSIP_PEERS = 32
+MAX_PEER_ADDRESS = 262     # "[" + the longest IPv6 text / host name (253) + "]:" + port
+
+
+class _PeerEntry(_WType):
+    """[node id bin(32), "host:port" str] -> (bytes, str)."""
+
+    __slots__ = ()
+    what = "[bin of 32 bytes, str]"
+
+    def decode(self, v: Any, lim: Limits) -> Any:
+        if type(v) is not list or len(v) != 2 or type(v[0]) is not bytes or len(v[0]) != 32 \
+                or type(v[1]) is not str or not 1 <= len(v[1].encode("utf-8")) <= MAX_PEER_ADDRESS:
+            raise _Bad(f"expected {self.what} with an address of 1..{MAX_PEER_ADDRESS} bytes")
+        return (v[0], v[1])
+
+    def encode(self, v: Any) -> Any:
+        return [bytes(v[0]), v[1]]
+
+
+def _check_gossip(g: Gossip, lim: Limits) -> None:
+    if len(g.have) > MAX_GOSSIP_IDS or len(g.want) > MAX_GOSSIP_IDS:
+        raise _Bad(f"more than {MAX_GOSSIP_IDS} ids in have or want")
+    if len(g.peers) > MAX_GOSSIP_PEERS:
+        raise _Bad(f"more than {MAX_GOSSIP_PEERS} peers")
+
+
 def _check_hello(h: Hello, lim: Limits) -> None:
     if h.max_frame < MIN_MAX_FRAME:
         raise _Bad(f"max_frame {h.max_frame} is below the minimum {MIN_MAX_FRAME}")
@@ -934,6 +982,12 @@ _SCHEMAS: dict[Kind, _Record] = {
         _Field("data", BIN),
     ), _check_fragment),
     Kind.BYE: _Record(Bye, (_Field("reason", STR), _Field("detail", STR, False))),
+    Kind.GOSSIP: _Record(Gossip, (
+        _Field("have", _ListOf(ID16), False),
+        _Field("want", _ListOf(ID16), False),
+        _Field("mesh", _Choice("graft", "prune"), False),
+        _Field("peers", _ListOf(_PeerEntry()), False),
+    ), _check_gossip),
 }
 assert set(_SCHEMAS) == set(Kind)
 
@@ -964,7 +1018,10 @@ def _check_tree(root: Any, max_depth: int) -> None:
             values: Any = obj.values()
         else:
             values = obj
-        if set(map(type, values)) <= _SCALARS:
+        types = set(map(type, values))
+        if float in types:
+            _check_finite(values)
+        if types <= _SCALARS:
             continue
         for x in values:
             t = type(x)
@@ -1006,6 +1063,8 @@ def _check_wire_tree(root: dict[str, Any], lim: Limits) -> None:
         types = set(map(type, values))
         if not types <= _WIRE_TYPES:
             raise _Bad("a value msgpack would convert")
+        if float in types:
+            _check_finite(values)
         if str in types:
             _check_str_lengths(values, quarter, max_str)
         if dict in types or list in types:
@@ -1014,39 +1073,74 @@ def _check_wire_tree(root: dict[str, Any], lim: Limits) -> None:
                     push((x, depth + 1))
 
 
+def _check_finite(items: Any) -> None:
+    """SPEC §3: a msgpack float is finite. No v1.0 field gives NaN or an infinity a meaning, JSON (inspect,
+    logs, the control API) cannot carry them, and NaN is not equal to itself, so a signed meta value
+    holding one cannot be compared or shown as it was sent."""
+    for x in items:
+        if type(x) is float and not math.isfinite(x):
+            raise _Bad(f"float {x!r} is not allowed (NaN and infinities are refused)")
+
+
 def _check_str_lengths(items: Any, quarter: int, max_str: int) -> None:
     for x in items:
         if type(x) is str and len(x) > quarter and len(x.encode("utf-8", "surrogatepass")) > max_str:
             raise _Bad(f"a str longer than {max_str} bytes")
 
 
+class _DuplicateKey(ValueError):
+    """A msgpack map holds the same key twice (SPEC §3: refused)."""
+
+
 class _Budget:
     """Counts the entries of every array and map as msgpack builds them, and stops the decode once a
-    body holds more than 16 * max_collection of them: a 64 MiB body of tiny items would otherwise
-    become gigabytes of Python objects (each item costs 8-60 bytes of memory for 1-3 bytes of input)."""
+    body holds more than 16 * max_collection of them (SPEC §3, normative): a 64 MiB body of tiny
+    items would otherwise become gigabytes of Python objects (each item costs 8-60 bytes of memory
+    for 1-3 bytes of input).
+
+    Maps arrive as key/value pairs (`object_pairs_hook`), so that a key sent twice is seen and
+    refused: a dict would silently keep the last value, while a first-wins parser elsewhere would read
+    the same signed body differently."""
 
     __slots__ = ("left",)
 
     def __init__(self, lim: Limits) -> None:
         self.left = 16 * lim.max_collection
 
-    def hook(self, obj: Any) -> Any:
+    def list_hook(self, obj: list[Any]) -> list[Any]:
         self.left -= len(obj) + 1
         if self.left < 0:
             raise ValueError("body holds too many array/map entries")
         return obj
 
+    def pairs_hook(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        self.left -= len(pairs) + 1
+        if self.left < 0:
+            raise ValueError("body holds too many array/map entries")
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set[Any] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise _DuplicateKey(f"map key {key!r} occurs twice"[:200])
+                seen.add(key)
+        return obj
+
 
 def _decode_body(kind: Kind, body: bytes | memoryview, lim: Limits) -> Any:
     """msgpack -> checked body dataclass; raises _Bad."""
-    hook = _Budget(lim).hook
+    budget = _Budget(lim)
     try:
+        # max_str_len bounds every str, map keys included; raw=False decodes each with Python's strict
+        # UTF-8 codec (no surrogates, no overlong forms): invalid UTF-8 raises UnicodeDecodeError.
         obj = msgpack.unpackb(
             body, raw=False, strict_map_key=True, use_list=True, ext_hook=_refuse_ext,
-            list_hook=hook, object_hook=hook,
+            list_hook=budget.list_hook, object_pairs_hook=budget.pairs_hook,
             max_str_len=lim.max_str, max_bin_len=lim.max_body, max_array_len=lim.max_collection,
             max_map_len=lim.max_collection, max_ext_len=0,
         )
+    except _DuplicateKey as e:
+        raise _Bad(f"duplicate map key: {e}") from None
     except Exception as e:  # msgpack raises many types (ValueError, FormatError, StackError, UnicodeDecodeError...)
         raise _Bad(f"not a valid msgpack body ({type(e).__name__}: {e})"[:300]) from None
     if type(obj) is not dict:
@@ -1055,26 +1149,53 @@ def _decode_body(kind: Kind, body: bytes | memoryview, lim: Limits) -> Any:
     return _SCHEMAS[kind].decode(obj, lim)
 
 
-def _bin_offset(raw: bytes, start: int, end: int, data: bytes) -> int | None:
-    """Where the bin `data` lies in raw[start:end], if it can be found unambiguously (errors only)."""
-    packed = msgpack.packb(data, use_bin_type=True)
-    pos = raw.find(packed, start, end)
-    if pos < 0 or raw.find(packed, pos + 1, end) >= 0:
+def _data_offset(body: memoryview, path: list[str]) -> int | None:
+    """Where, in `body`, the parser found the first byte of the `data` bin of the vector block at
+    `path` (keys, and "[i]" for array indices, as `_Bad.path` holds them); None if it is not there.
+
+    msgpack's Unpacker walks the body by headers (read_map_header / read_array_header / skip) and
+    `tell()` gives the position of the bin's type byte; its payload follows a header of 2, 3 or 5
+    bytes (bin 8 / 16 / 32). Only called for an error, on a body that has decoded already, whose map
+    keys are unique (duplicates are refused), so the path names exactly one value."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1))
+    unpacker.feed(body)
+    try:
+        for step in [*path, "data"]:
+            if step.startswith("["):
+                index = int(step[1:-1])
+                if not index < unpacker.read_array_header():
+                    return None
+                for _ in range(index):
+                    unpacker.skip()
+                continue
+            for _ in range(unpacker.read_map_header()):
+                if unpacker.unpack() == step:
+                    break
+                unpacker.skip()
+            else:
+                return None
+        at = unpacker.tell()
+        header = _BIN_HEADER_LEN.get(body[at])
+    except (ValueError, IndexError, msgpack.OutOfData):
         return None
-    return pos + len(packed) - len(data)
+    return None if header is None else at + header
+
+
+_BIN_HEADER_LEN = {0xC4: 2, 0xC5: 3, 0xC6: 5}
 
 
 def _body_error(e: _Bad, raw: bytes | None, body_start: int, body_end: int) -> PacketError:
-    """The PacketError for a body problem. Its offset is the bad byte of a vector block's data when
-    that can be located, else the start of the body (SPEC §2: the offset of the field), or None
-    when there is no packet (encoding)."""
+    """The PacketError for a body problem (SPEC §2, "Offsets"): an error that names a byte of a vector
+    block's `data` carries that byte's offset in the packet, counted from where the parser found the
+    bin's payload (after whichever bin header the sender used); every other body error carries the
+    body's start. None when there is no packet (encoding)."""
     where = ".".join(e.path).replace(".[", "[")
     message = f"{where}: {e.message}" if where else e.message
     offset = None if raw is None else body_start
     if e.data is not None and e.data_offset is not None and raw is not None:
-        base = _bin_offset(raw, body_start, body_end, e.data)
+        base = _data_offset(memoryview(raw)[body_start:body_end], e.path)
         if base is not None:
-            offset = base + e.data_offset
+            offset = body_start + base + e.data_offset
     return PacketError(e.reason, message, offset=offset)
 
 
@@ -1131,7 +1252,10 @@ def encode_packet(body: Body, signer: Signer | None, *, origin: bytes | None = N
     schema = _schema_of(body)
     kind = body.KIND
     wire = schema.encode(body)
-    body_bytes = msgpack.packb(wire, use_bin_type=True)
+    try:
+        body_bytes = msgpack.packb(wire, use_bin_type=True)
+    except UnicodeEncodeError as e:            # a str holding a lone surrogate: not UTF-8 (SPEC §3)
+        raise PacketError(Reason.BAD_BODY, f"a str is not valid UTF-8 ({e.reason})") from None
     if _validate:
         if len(body_bytes) > limits.max_body:
             raise PacketError(Reason.TOO_LARGE, f"body of {len(body_bytes)} bytes exceeds max_body {limits.max_body}")
@@ -1214,23 +1338,75 @@ def _version_error(raw: bytes) -> PacketError:
 
 
 def verify_packet(packet: Packet, public_key: bytes | Ed25519PublicKey) -> None:
-    """Check the packet's signature against `public_key` (raw 32 bytes or a key object).
+    """Check the packet's signature against `public_key` (raw 32 bytes or a key object) by the rule
+    of SPEC §2 ("Verification rule"): OpenSSL's RFC 8032 cofactorless verification (S < L, R compared
+    by its encoding), after three checks OpenSSL does not make: the key is a canonical encoding
+    (y < p) and not a point of small order, and R is not a point of small order.
 
-    Raises PacketError UNSIGNED (no signature) or BAD_SIGNATURE. It does not check that the key is
-    the origin's: the caller chose the key by origin (`node_id_of(key) == origin` for a hello).
+    Raises PacketError UNSIGNED (no signature, offset 7: the flags byte) or BAD_SIGNATURE (offset:
+    the signature's first byte). It does not check that the key is the origin's: the caller chose
+    the key by origin (`node_id_of(key) == origin` for a hello).
     """
     if packet.signature is None:
-        raise PacketError(Reason.UNSIGNED, f"{packet.header.kind.name.lower()} packet is not signed")
-    if not isinstance(public_key, Ed25519PublicKey):
-        try:
-            public_key = _public_key(bytes(public_key))
-        except ValueError:
-            raise PacketError(Reason.BAD_SIGNATURE, "not a valid Ed25519 public key") from None
+        raise PacketError(Reason.UNSIGNED, f"{packet.header.kind.name.lower()} packet is not signed",
+                          offset=_FLAGS_OFFSET)
+    at = len(packet.raw) - SIGNATURE_LEN
+    raw_key = public_key.public_bytes_raw() if isinstance(public_key, Ed25519PublicKey) else bytes(public_key)
+    problem = _key_problem(raw_key) or _r_problem(packet.signature[:32])
+    if problem is not None:
+        raise PacketError(Reason.BAD_SIGNATURE, problem, offset=at)
+    key = public_key if isinstance(public_key, Ed25519PublicKey) else _public_key(raw_key)
     try:
-        public_key.verify(packet.signature, packet.signed_message)
+        key.verify(packet.signature, packet.signed_message)
     except InvalidSignature:
-        raise PacketError(Reason.BAD_SIGNATURE, "signature does not verify", offset=len(packet.raw) - SIGNATURE_LEN
-                          ) from None
+        raise PacketError(Reason.BAD_SIGNATURE, "signature does not verify", offset=at) from None
+
+
+# Ed25519 (RFC 8032): the field prime p, and the y-coordinates of the 8 points of small order
+# (order 1, 2, 4 and 8): the identity (0, 1), (0, -1), (+-sqrt(-1), 0) and four points with y = +-_Y8.
+# A point is of small order exactly when its y mod p is one of these; the sign bit (x's parity) does
+# not matter. tests/wire/test_ed25519.py derives them again from the curve equation.
+_P = 2**255 - 19
+_Y8 = 0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7
+_SMALL_ORDER_Y = frozenset((0, 1, _P - 1, _Y8, _P - _Y8))
+_Y_MASK = (1 << 255) - 1
+
+
+def public_key_problem(raw: bytes) -> str | None:
+    """Why `raw` cannot be a node's Ed25519 public key under SPEC §2's verification rule (a signature
+    against it never verifies), or None: for code that accepts keys (certificate issue, hellos)."""
+    return _key_problem(bytes(raw))
+
+
+@lru_cache(maxsize=4096)
+def _key_problem(raw: bytes) -> str | None:
+    """Why `raw` is not an acceptable Ed25519 public key (SPEC §2), or None.
+
+    OpenSSL accepts a y >= p (reducing it mod p) and keys of small order; with a small-order key A,
+    R = identity and S = 0 verify for every message whose k * A is the identity (all of them for
+    A = identity), so such a key proves nothing about who signed. Whether the encoding decodes to
+    a point at all is left to the verification, which fails for one that does not."""
+    if len(raw) != 32:
+        return f"an Ed25519 public key is 32 bytes, got {len(raw)}"
+    y = int.from_bytes(raw, "little") & _Y_MASK
+    if y >= _P:
+        return "the public key is not a canonical encoding (y >= p)"
+    if y in _SMALL_ORDER_Y:
+        return "the public key is a point of small order"
+    return None
+
+
+def _r_problem(r: bytes) -> str | None:
+    """Why R (the signature's first 32 bytes) is refused before verification (SPEC §2), or None.
+    A non-canonical R never verifies anyway (OpenSSL compares R by its encoding); it is named here
+    so that the reason is clear. A small-order R can only be made by the key's holder; it is
+    refused, as libsodium does, so that every rule-following verifier accepts the same signatures."""
+    y = int.from_bytes(r, "little") & _Y_MASK
+    if y >= _P:
+        return "R is not a canonical encoding (y >= p)"
+    if y in _SMALL_ORDER_Y:
+        return "R is a point of small order"
+    return None
 
 
 def set_hop_limit(raw: bytes, hop_limit: int) -> bytes:

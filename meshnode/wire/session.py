@@ -25,7 +25,14 @@ origin), a packet from the peer against the peer's hello key, any other origin a
 - A hello from another origin once OPEN is a member announcement (a relayed hello that carries a
   node's key and certificate, so packets it originates can be verified here): it yields
   MemberAnnounced once its self-signature checks out; whether the certificate belongs to the mesh is
-  the caller's business. A second hello from the peer itself is still a protocol violation.
+  the caller's business. Before any signature work, `hello_held(packet, peer)` (the caller's member
+  directory) may say the hello is one it holds already: it is then dropped silently (counted in
+  `announcements_held`), neither verified nor reported, so a hello that every peer relays costs one
+  signature check, not one per copy. A second hello from the peer itself is still a protocol violation.
+- A hello larger than `max_hello` bytes (MAX_HELLO_BYTES, SPEC section 4) is dropped (`too_large`) before it is
+  decoded, whether it is the peer's own (the session keeps waiting for a valid one) or relayed.
+- Fragment sets are charged to `reassembly_budget` (frames.ReassemblyBudget), shared by every session
+  of a node, and given back when the session closes.
 - A framing error, a packet the current state does not allow, or a peer of another major version
   yields SessionFailed: the state becomes CLOSED, a bye is queued in the outbox, and the caller should
   flush `data_to_send()` and close the transport. Data received once CLOSED is ignored.
@@ -43,7 +50,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import FrameError, PacketError, Reason, SessionError, WireError
-from .frames import FRAGMENT_OVERHEAD, FrameDecoder, Reassembler, encode_frame, iter_fragment_frames
+from .frames import FRAGMENT_OVERHEAD, FrameDecoder, Reassembler, ReassemblyBudget, encode_frame, iter_fragment_frames
 from .limits import DEFAULT_LIMITS, Limits
 from .packet import (
     HEADER_LEN, MAGIC, PROTOCOL_VERSION, Body, Bye, Hello, Kind, Packet, Ping, Pong, Signer, _public_key,
@@ -52,8 +59,16 @@ from .packet import (
 
 __all__ = [
     "State", "Session", "Event", "HelloReceived", "MemberAnnounced", "PacketReceived", "PongReceived",
-    "PacketDropped", "SessionFailed", "Closed", "FrameObserver",
+    "PacketDropped", "SessionFailed", "Closed", "FrameObserver", "MAX_HELLO_BYTES",
 ]
+
+# The largest hello (the whole encoded packet: header, body, signature) a node accepts, its peer's or a
+# relayed one. A real hello is about 1 kB (name, key, certificate, a few topics); this implementation's
+# largest, with 64 topics of 256 bytes and a long name, is under 18 kB, so 32 KiB leaves room to grow.
+# Bounded because every hello a node holds is sent to each new peer and relayed to every link: a
+# megabyte hello, multiplied by the members and links, is what partitioned a node (issue 16).
+MAX_HELLO_BYTES = 32 << 10
+_KIND_OFFSET = 6
 
 # observer(direction, raw): called with every packet as a whole frame's content, "in" as it is read
 # (fragments as such; a reassembled packet is not reported again) and "out" as it is produced.
@@ -125,7 +140,9 @@ class _Drop(Exception):
 # ---- the transition table: (state, kind received) -> (handler, next state or None = unchanged)
 
 _S, _K = State, Kind
-_APP_KINDS = (_K.VECTORS, _K.KNOWLEDGE, _K.DELTA, _K.ACK, _K.NACK)
+_APP_KINDS = (_K.VECTORS, _K.KNOWLEDGE, _K.DELTA, _K.ACK, _K.NACK, _K.GOSSIP)
+# Kinds that are gossiped, and so deduplicated by (origin, packet id); gossip itself is link-local.
+_DEDUP_KINDS = frozenset(int(k) for k in (_K.VECTORS, _K.KNOWLEDGE, _K.DELTA, _K.ACK, _K.NACK))
 _TRANSITIONS: dict[tuple[State, Kind], tuple[str, State | None]] = {
     (_S.NEW, _K.HELLO): ("_on_hello", _S.HELLO_RECEIVED),
     (_S.HELLO_SENT, _K.HELLO): ("_on_hello", _S.OPEN),
@@ -151,7 +168,11 @@ class Session:
     def __init__(self, signer: Signer, hello: Hello, *, limits: Limits = DEFAULT_LIMITS,
                  key_for: Callable[[bytes], Ed25519PublicKey | bytes | None] = lambda origin: None,
                  minor: int = PROTOCOL_VERSION[1], ping_window: int = 64,
-                 observer: FrameObserver | None = None, wall_us: Callable[[], int] | None = None) -> None:
+                 observer: FrameObserver | None = None, wall_us: Callable[[], int] | None = None,
+                 reassembly_budget: ReassemblyBudget | None = None, max_hello: int = MAX_HELLO_BYTES,
+                 hello_held: Callable[[Packet, bytes | None], bool] | None = None,
+                 verified: Callable[[bytes], None] | None = None,
+                 already_seen: Callable[[bytes, bytes], bool] | None = None) -> None:
         if hello.public_key != signer.public_key_bytes:
             raise ValueError("hello.public_key must be the signer's public key")
         if hello.max_frame > limits.max_frame:          # never announce more than we accept
@@ -168,7 +189,19 @@ class Session:
         self._peer_key: Ed25519PublicKey | bytes | None = None
         self._fragment_size = limits.fragment_size
         self._decoder = FrameDecoder(limits.max_frame)
-        self._reassembler = Reassembler(limits)
+        self._reassembler = Reassembler(limits, reassembly_budget)
+        self.max_hello = max_hello
+        self.hello_held = hello_held
+        # Called with the origin of every packet that verified against `key_for(origin)` (not the
+        # peer's, not a hello): a member directory's sign of life for members we have no link to.
+        self.verified = verified
+        # `already_seen(origin, packet_id)`: the caller has accepted a packet with this origin and id
+        # (its replay cache). A copy is dropped on its header alone, before decoding or verifying it:
+        # whatever its body says, the caller would drop it as a duplicate, and in a gossip overlay most
+        # copies that arrive are duplicates (each node hears each packet from several eager peers).
+        self.already_seen = already_seen
+        self.duplicates_skipped = 0
+        self.announcements_held = 0
         self._outbox: list[bytes] = []
         self._pings: OrderedDict[int, float] = OrderedDict()
         self._ping_window = ping_window
@@ -255,6 +288,12 @@ class Session:
         if nxt is None:
             raise SessionError(Reason.PROTOCOL_VIOLATION, f"cannot {action} in state {self.state.value}")
         self.state = nxt
+        if nxt is State.CLOSED:
+            self._closed()
+
+    def _closed(self) -> None:
+        """The session is over: give the fragment sets' bytes back to the shared budget."""
+        self._reassembler.clear()
 
     def _out(self, raw: bytes) -> bytes:
         if self.observer is not None:
@@ -301,6 +340,16 @@ class Session:
         return events
 
     def _handle(self, raw: bytes, events: list[Event], *, nested: bool) -> None:
+        if (self.already_seen is not None and self.state is State.OPEN and len(raw) >= HEADER_LEN
+                and raw[_KIND_OFFSET] in _DEDUP_KINDS and raw[:4] == MAGIC
+                and self.already_seen(raw[40:72], raw[24:40])):
+            self.duplicates_skipped += 1
+            return
+        if len(raw) > self.max_hello and len(raw) > _KIND_OFFSET and raw[_KIND_OFFSET] == Kind.HELLO:
+            # Before decoding: nothing about an oversized hello is worth the work (issue 16).
+            events.append(PacketDropped(Reason.TOO_LARGE, f"hello of {len(raw)} bytes exceeds {self.max_hello}",
+                                        _KIND_OFFSET))
+            return
         try:
             packet = decode_packet(raw, limits=self.limits)
         except PacketError as e:
@@ -322,6 +371,10 @@ class Session:
                                     f"{kind.name.lower()} packet received in state {self.state.value}"), events)
             return
         handler, next_state = entry
+        if (kind is Kind.HELLO and self.state is State.OPEN and self.hello_held is not None
+                and packet.header.origin != self.peer_node_id and self.hello_held(packet, self.peer_node_id)):
+            self.announcements_held += 1      # known already: no signature work, nothing to report
+            return
         try:
             if kind is not Kind.FRAGMENT:
                 self._verify(packet)
@@ -331,11 +384,13 @@ class Session:
             return
         if next_state is not None:
             self.state = next_state
+            if next_state is State.CLOSED:
+                self._closed()
 
     def _verify(self, packet: Packet) -> None:
         h = packet.header
         if packet.signature is None:
-            raise _Drop(Reason.UNSIGNED, f"{h.kind.name.lower()} packet is not signed")
+            raise _Drop(Reason.UNSIGNED, f"{h.kind.name.lower()} packet is not signed", 7)   # the flags byte (SPEC §2)
         if h.kind is Kind.HELLO:
             key: Any = packet.body.public_key  # type: ignore[union-attr]
             if node_id_of(key) != h.origin:
@@ -346,6 +401,13 @@ class Session:
             key = self.key_for(h.origin)
             if key is None:
                 raise _Drop(Reason.UNKNOWN_ORIGIN, f"no key for origin {h.origin.hex()[:16]}...", 40)
+            try:
+                verify_packet(packet, key)
+            except PacketError as e:
+                raise _Drop(e.reason, str(e), e.offset) from None
+            if self.verified is not None:
+                self.verified(h.origin)
+            return
         try:
             verify_packet(packet, key)
         except PacketError as e:
@@ -357,6 +419,7 @@ class Session:
                 Bye(reason=error.reason.value, detail=str(error)[:1000]), self.signer, minor=self._out_minor,
                 limits=self.limits, timestamp_us=self._stamp())))
         self.state = State.CLOSED
+        self._closed()
         events.append(SessionFailed(error))
 
     # ---- handlers (named in _TRANSITIONS)

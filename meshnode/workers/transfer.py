@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import threading
 import time
 from collections import Counter
@@ -351,7 +352,9 @@ class TransferWorker(TaskWorker):
                                            whiten=self._whiten)
         info = {"model": cfg.model, "trainer": cfg.trainer, "group": self._trainer.group if self._trainer else "",
                 "trainer_round": pred.position.round,
-                "adapter": pred.position.base.hex(), "accuracy": pred.accuracy}
+                "adapter": pred.position.base.hex(),
+                # the wire refuses NaN and infinities (SPEC §3): an accuracy that is not a number is unknown
+                "accuracy": pred.accuracy if pred.accuracy is None or math.isfinite(pred.accuracy) else None}
         bodies = knowledge_bodies(cfg.topic, self._exp, fit.forms, half=cfg.half, info=info)
         anchors_sent = fit.anchor_trits if cfg.send_anchors != "never" and fit.anchor_trits.size else None
         digest = content_digest(self._exp, anchors_sent, bodies)

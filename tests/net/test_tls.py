@@ -203,3 +203,128 @@ def _trusting_client(identity: idm.NodeIdentity, server: idm.NodeIdentity) -> ss
     ctx = tls.client_context(identity)
     ctx.load_verify_locations(cadata=server.ca_cert_pem.decode())
     return ctx
+
+
+# ---------------------------------------------------------------- handshake admission (issue 16, item 3)
+
+from meshnode.net.admission import Admitted, HandshakeAdmission, Refused, source_of
+from meshnode.net.tcp import TlsTransport
+
+
+def test_sources_are_ipv4_addresses_and_ipv6_slash64s() -> None:
+    assert source_of("10.0.0.5") == "10.0.0.5"
+    assert source_of("::ffff:10.0.0.5") == "10.0.0.5"   # a dual-stack listener sees IPv4 like this
+    assert source_of("2001:db8:1:2:aaaa::1") == source_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
+    assert source_of("fe80::1%eth0") == "fe80::/64"
+    assert source_of("not-an-address") == "not-an-address"
+
+
+def test_admission_bounds_each_source_and_the_total() -> None:
+    adm = HandshakeAdmission(max_total=6, per_source=2, early_drop_start=None, rng=random.Random(0))
+    a1, a2 = adm.admit("10.0.0.1"), adm.admit("10.0.0.1")
+    assert isinstance(a1, Admitted) and isinstance(a2, Admitted)
+    refused = adm.admit("10.0.0.1")
+    assert isinstance(refused, Refused) and refused.reason == "busy_source"
+    others = [adm.admit(f"10.0.0.{i}") for i in (2, 2, 3, 3)]
+    assert all(isinstance(t, Admitted) for t in others)
+    full = adm.admit("10.0.0.4")   # a fresh source, but the table is full
+    assert isinstance(full, Refused) and full.reason == "busy"
+    assert adm.in_progress == 6 and adm.in_progress_for("10.0.0.1") == 2
+    adm.release(a1)
+    adm.release(a1)               # twice: frees one slot, once
+    assert adm.in_progress == 5 and adm.in_progress_for("10.0.0.1") == 1
+    assert isinstance(adm.admit("10.0.0.1"), Admitted)
+    for t in (a2, *others):
+        adm.release(t)  # type: ignore[arg-type]
+    assert adm.in_progress == 1 and dict(adm.by_source) == {"10.0.0.1": 1}
+
+
+def test_admission_drops_at_random_past_the_start_threshold() -> None:
+    adm = HandshakeAdmission(max_total=64, per_source=64, early_drop_start=32, early_drop_rate=0.3,
+                             rng=random.Random(42))
+    assert adm.drop_probability(31) == 0.0
+    assert adm.drop_probability(32) == pytest.approx(0.3)
+    assert adm.drop_probability(48) == pytest.approx(0.65)
+    assert adm.drop_probability(64) == 1.0
+    held = [adm.admit("10.0.0.1") for _ in range(32)]
+    assert all(isinstance(t, Admitted) for t in held)   # below the threshold nothing is dropped
+    # At 32 in progress, about 30 % of newcomers are dropped (seeded: the exact count is reproducible).
+    outcomes = []
+    for _ in range(1000):
+        d = adm.admit("10.0.0.2")
+        outcomes.append(isinstance(d, Refused) and d.reason == "early_drop")
+        if isinstance(d, Admitted):
+            adm.release(d)
+    assert 200 < sum(outcomes) < 400
+
+
+def test_a_flooding_source_leaves_room_for_another_to_handshake(nodes: Nodes) -> None:
+    """One source (127.0.0.2) opens many half-open connections; it holds at most `per_source` slots and
+    a real node dialling from 127.0.0.1 still completes its handshake."""
+
+    async def main() -> None:
+        refusals: list[tuple[str, str]] = []
+        server = TlsTransport(nodes.a1, max_handshakes=8, max_handshakes_per_source=3, handshake_timeout=60.0,
+                              on_refused=lambda reason, address, detail: refusals.append((reason, address)),
+                              rng=random.Random(3))
+        accepted: list[bytes] = []
+
+        async def handler(stream) -> None:
+            accepted.append(stream.peer_node_id)
+            stream.close()
+
+        listener = await server.listen("127.0.0.1", 0, handler)
+        flood = []
+        try:
+            for _ in range(12):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", listener.port, local_addr=("127.0.0.2", 0))
+                writer.write(b"\x16")   # a TLS record's first byte, then nothing: not "silent"
+                flood.append(writer)
+            end = time.monotonic() + TIMEOUT
+            while sum(1 for r, _ in refusals if r == "busy_source") < 9:
+                assert time.monotonic() < end, f"the flood was not refused: {refusals}"
+                await asyncio.sleep(0.01)
+            assert server.admission.in_progress_for("127.0.0.2") == 3
+            client = TlsTransport(nodes.a2)
+            stream = await client.connect("127.0.0.1", listener.port, timeout=TIMEOUT)
+            assert stream.peer_node_id == nodes.a1.node_id
+            stream.close()
+            end = time.monotonic() + TIMEOUT
+            while not accepted:
+                assert time.monotonic() < end, "the honest handshake was not accepted"
+                await asyncio.sleep(0.01)
+            assert accepted == [nodes.a2.node_id]
+        finally:
+            for writer in flood:
+                writer.close()
+            listener.close()
+            await listener.wait_closed()
+        assert server.handshakes_in_progress == 0   # every slot was given back
+
+    asyncio.run(main())
+
+
+def test_refusals_without_an_owner_are_logged_bounded_per_source(nodes: Nodes, caplog) -> None:
+    """Without an on_refused owner the transport logs refusals itself: once per source and reason,
+    then nothing until the interval has passed (a connect flood must not become a log flood)."""
+
+    async def main() -> None:
+        server = TlsTransport(nodes.a1)
+        listener = await server.listen("127.0.0.1", 0, lambda stream: asyncio.sleep(0))
+        try:
+            for _ in range(40):
+                reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+                writer.write(b"GET / HTTP/1.0\r\n\r\n")
+                with contextlib.suppress(ConnectionError):
+                    await asyncio.wait_for(reader.read(), TIMEOUT)
+                writer.close()
+        finally:
+            listener.close()
+            await listener.wait_closed()
+        assert server._log_limit.held_back == 39
+
+    with caplog.at_level("WARNING", logger="meshnode.net.tcp"):
+        asyncio.run(main())
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and "not_tls" in lines[0].getMessage()

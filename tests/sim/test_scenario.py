@@ -30,8 +30,8 @@ def test_shipped_scenarios_load() -> None:
     lora = load_scenario(SCENARIOS / "lora-line-partition.toml")
     assert len(lora.nodes) == 5 and {link.profile for link in lora.links} == {"lora"}
     assert [e.action for e in lora.events] == ["cut", "restore"]
-    # it loses packets on purpose, and says so
-    assert lora.expect is not None and lora.expect.all_delivered is False
+    # the partition loses nothing since anti-entropy, and it says so
+    assert lora.expect is not None and lora.expect.all_delivered is True and lora.expect.exactly_once is True
     assert all(load_scenario(f).expect is not None for f in files)
 
 
@@ -40,9 +40,9 @@ def test_the_shipped_partition_scenario_meets_its_expectations_and_exits_0(tmp_p
                                        str(tmp_path / "r.json")], terminal_width=200)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
-    assert not report["checks"]["all_delivered"]                     # it lost packets, as it should
+    assert report["checks"]["all_delivered"] and report["checks"]["exactly_once"]   # across the cut
     assert report["verdict"]["passed"] and all(e["met"] for e in report["expectations"])
-    assert "all 5 expectations met: exit 0" in result.output
+    assert "all 3 expectations met: exit 0" in result.output
 
 
 def test_topologies() -> None:
@@ -60,7 +60,7 @@ def test_topologies() -> None:
 
 @pytest.mark.parametrize("over, key", [
     ({"nodez": []}, "nodez"),
-    ({"topology": {"kind": "ring", "profile": "wifi"}}, "topology.kind"),
+    ({"topology": {"kind": "torus", "profile": "wifi"}}, "topology.kind"),
     ({"topology": {"kind": "line", "profile": "wfi"}}, "topology.profile"),
     ({"profiles": {"r": {"base": "lora", "rate_bps": -5}}, "topology": {"kind": "line", "profile": "r"}},
      "profiles.r.rate_bps"),

@@ -207,7 +207,8 @@ def test_partition_and_heal_reconnects_and_gossip_resumes() -> None:
     after_heal = [pid for pid, t in fs.sent_at.items() if t > 75.0]
     during = [pid for pid, t in fs.sent_at.items() if 31.0 < t < 60.0]
     assert after_heal and all(fs.got["c"][pid] == 1 for pid in after_heal)   # gossip resumed
-    assert not any(fs.got["c"][pid] for pid in during)          # no store-and-forward: cut-off packets are lost
+    # anti-entropy: what was published during the cut reaches c once the link is back, exactly once
+    assert during and all(fs.got["c"][pid] == 1 for pid in during)
     assert all(fs.got["b"][pid] == 1 for pid in fs.sent_at)     # b never lost a
 
 
@@ -220,7 +221,9 @@ def test_kill_and_restart_a_node() -> None:
     c = report["nodes"]["c"]
     assert c["running"] and c["incarnations"] == 2
     assert [e["outcome"] for e in report["events"]] == ["done", "done"]
-    assert 0 < report["flows"][0]["receivers"]["c"]["delivered"] < 30       # missed what came while down
+    # what came while c was down is fetched from its peers' message caches after the restart, once each
+    assert report["flows"][0]["receivers"]["c"]["delivered"] == 30
+    assert report["flows"][0]["receivers"]["c"]["duplicates"] == 0
     assert report["flows"][0]["receivers"]["b"]["delivered"] == 30
 
 

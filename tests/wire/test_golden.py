@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from meshnode.cli import main as cli
-from meshnode.inspect import InspectError, TrustStore, inspect_bytes
+from meshnode.inspect import InspectError, TrustStore, format_for_name, inspect_bytes
 from meshnode.wire.packet import VectorBlock, decode_packet
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
@@ -38,25 +38,123 @@ gen = _load_generator()
 VALID, MALFORMED = gen.build()
 INPUTS = sorted({**VALID, **MALFORMED})
 
-# The reason each malformed file must be refused with: written out here, not read from the files,
-# so that a change in the code's behaviour fails this test instead of silently regenerating.
-EXPECTED_REASON = {
-    "bad_magic": "bad_magic", "unsupported_version": "unsupported_version", "truncated": "truncated",
-    "truncated_header": "truncated", "trailing_data": "trailing_data", "too_large": "too_large",
-    "too_large_body": "too_large", "frames_then_too_large": "too_large", "truncated_stream": "truncated",
-    "bad_signature": "bad_signature", "unsigned": "unsigned", "bad_header": "bad_header",
-    "unknown_kind": "unknown_kind", "bad_body": "bad_body", "bad_body_missing_key": "bad_body",
-    "bad_body_extra_bytes": "bad_body",
-    "bad_trit": "bad_trit", "bad_trit_base3": "bad_trit", "bad_trit_sparse": "bad_trit",
-    "bad_padding": "bad_padding", "bad_padding_base3": "bad_padding", "bad_length": "bad_length",
-    "bad_length_sparse": "bad_length", "bad_encoding": "bad_encoding", "bad_dimension": "bad_dimension",
-    "too_large_dim": "too_large", "bad_fragment": "bad_fragment",
-}
-# ... and where (byte offset in the input), for the errors whose offset SPEC §1-2 fixes.
-EXPECTED_OFFSET = {
-    "bad_magic": 0, "unsupported_version": 4, "truncated": 149, "truncated_header": 40, "trailing_data": 159,
-    "too_large": 0, "too_large_body": 12, "bad_header": 7, "unknown_kind": 6, "unsigned": 7,
-    "bad_signature": 159 - 64, "frames_then_too_large": 4 + 159 + 4 + 159,
+# The reason and the byte offset (SPEC §2, "Offsets"; Appendix A; docs/INSPECT.md for hex) each
+# malformed file must be refused with: written out here, not read from the files, so that a change in
+# the code's behaviour fails this test instead of silently regenerating. Every offset is normative.
+EXPECTED = {
+    "bad_body": ("bad_body", 72),
+    "bad_body_ack_ref": ("bad_body", 72),
+    "bad_body_array_entries": ("bad_body", 72),
+    "bad_body_bin_key": ("bad_body", 72),
+    "bad_body_bool_int": ("bad_body", 72),
+    "bad_body_delta_chunk": ("bad_body", 72),
+    "bad_body_depth": ("bad_body", 72),
+    "bad_body_duplicate_key": ("bad_body", 72),
+    "bad_body_duplicate_key_nested": ("bad_body", 72),
+    "bad_body_ext": ("bad_body", 72),
+    "bad_body_extra_bytes": ("bad_body", 72),
+    "bad_body_float_int": ("bad_body", 72),
+    "bad_body_hello_max_frame": ("bad_body", 72),
+    "bad_body_infinity_f32": ("bad_body", 72),
+    "bad_body_int_key": ("bad_body", 72),
+    "bad_body_key_length": ("bad_body", 72),
+    "bad_body_knowledge_form": ("bad_body", 72),
+    "bad_body_labels_count": ("bad_body", 72),
+    "bad_body_map_entries": ("bad_body", 72),
+    "bad_body_missing_key": ("bad_body", 72),
+    "bad_body_nan": ("bad_body", 72),
+    "bad_body_negative_int": ("bad_body", 72),
+    "bad_body_nil_int": ("bad_body", 72),
+    "bad_body_not_map": ("bad_body", 72),
+    "bad_body_optional_nil": ("bad_body", 72),
+    "bad_body_space": ("bad_body", 72),
+    "bad_body_str_length": ("bad_body", 72),
+    "bad_body_tensor_data": ("bad_body", 72),
+    "bad_body_tensor_dtype": ("bad_body", 72),
+    "bad_body_tensor_shape": ("bad_body", 72),
+    "bad_body_timestamp_ext": ("bad_body", 72),
+    "bad_body_topic_empty": ("bad_body", 72),
+    "bad_body_total_entries": ("bad_body", 72),
+    "bad_body_utf8": ("bad_body", 72),
+    "bad_body_utf8_overlong_key": ("bad_body", 72),
+    "bad_body_utf8_surrogate": ("bad_body", 72),
+    "bad_body_vector_data": ("bad_body", 72),
+    "bad_dimension": ("bad_dimension", 72),
+    "bad_dimension_bool": ("bad_dimension", 72),
+    "bad_dimension_tensor_dims": ("bad_dimension", 72),
+    "bad_dimension_tensor_elements": ("bad_dimension", 72),
+    "bad_dimension_tensor_overflow": ("bad_dimension", 72),
+    "bad_encoding": ("bad_encoding", 72),
+    "bad_fragment": ("bad_fragment", 1881),
+    "bad_fragment_count_zero": ("bad_fragment", 76),
+    "bad_fragment_data_over_total": ("bad_fragment", 76),
+    "bad_fragment_duplicate": ("bad_fragment", 234),
+    "bad_fragment_empty_data": ("bad_fragment", 76),
+    "bad_fragment_index": ("bad_fragment", 76),
+    "bad_fragment_last_piece": ("bad_fragment", 4),
+    "bad_fragment_nested": ("bad_fragment", 196),
+    "bad_fragment_piece_size": ("bad_fragment", 234),
+    "bad_fragment_total": ("bad_fragment", 76),
+    "bad_header": ("bad_header", 7),
+    "bad_header_reserved": ("bad_header", 9),
+    "bad_length": ("bad_length", 72),
+    "bad_length_sparse": ("bad_length", 137),
+    "bad_length_sparse_counts": ("bad_length", 72),
+    "bad_length_sparse_total": ("bad_length", 72),
+    "bad_length_tensor": ("bad_length", 72),
+    "bad_magic": ("bad_magic", 0),
+    "bad_padding": ("bad_padding", 138),
+    "bad_padding_base3": ("bad_padding", 138),
+    "bad_padding_sparse": ("bad_padding", 143),
+    "bad_signature": ("bad_signature", 95),
+    "bad_trit": ("bad_trit", 137),
+    "bad_trit_base3": ("bad_trit", 137),
+    "bad_trit_delta": ("bad_trit", 262),
+    "bad_trit_long_bin_header": ("bad_trit", 154),
+    "bad_trit_sparse": ("bad_trit", 143),
+    "bad_trit_sparse_passes": ("bad_trit", 149),
+    "bad_trit_sparse_position": ("bad_trit", 141),
+    "capture_address_not_utf8": ("bad_header", 51),
+    "capture_address_too_long": ("too_large", 49),
+    "capture_bad_direction": ("bad_header", 236),
+    "capture_bad_magic": ("bad_magic", 0),
+    "capture_bad_packet": ("bad_magic", 69),
+    "capture_packet_too_large": ("too_large", 65),
+    "capture_truncated_header": ("truncated", 7),
+    "capture_truncated_record": ("truncated", 228),
+    "capture_unsupported_version": ("unsupported_version", 6),
+    "ed25519_key_mixed_order_cofactored": ("bad_signature", 160),
+    "ed25519_key_not_canonical": ("bad_signature", 166),
+    "ed25519_key_small_order": ("bad_signature", 164),
+    "ed25519_key_small_order_8": ("bad_signature", 162),
+    "ed25519_r_not_canonical": ("bad_signature", 78),
+    "ed25519_r_small_order": ("bad_signature", 78),
+    "ed25519_s_not_canonical": ("bad_signature", 95),
+    "frame_length_zero": ("bad_header", 163),
+    "frames_first_bad": ("bad_magic", 4),
+    "frames_then_too_large": ("too_large", 326),
+    "hello_origin_mismatch": ("bad_signature", 40),
+    "hex_bad_character": ("bad_magic", 4),
+    "hex_odd_digits": ("truncated", 158),
+    "reassembly_full": ("reassembly_full", 4),
+    "too_large": ("too_large", 0),
+    "too_large_body": ("too_large", 12),
+    "too_large_count": ("too_large", 72),
+    "too_large_dim": ("too_large", 72),
+    "too_large_trits": ("too_large", 72),
+    "trailing_data": ("trailing_data", 159),
+    "trailing_data_in_frame": ("trailing_data", 163),
+    "truncated": ("truncated", 149),
+    "truncated_empty": ("truncated", 0),
+    "truncated_header": ("truncated", 40),
+    "truncated_magic": ("truncated", 2),
+    "truncated_stream": ("truncated", 163),
+    "truncated_stream_prefix": ("truncated", 163),
+    "unknown_kind": ("unknown_kind", 6),
+    "unsigned": ("unsigned", 7),
+    "unsigned_reassembled": ("unsigned", 183),
+    "unsupported_version": ("unsupported_version", 4),
+    "unsupported_version_short": ("unsupported_version", 4),
 }
 
 
@@ -96,26 +194,23 @@ def test_every_kind_and_encoding_is_covered() -> None:
                 encodings.add(block["encoding"])
                 dims.add(block["dim"])
                 counts.add(block["count"])
-    assert kinds == {"hello", "ping", "pong", "vectors", "knowledge", "delta", "ack", "nack", "fragment", "bye"}
+    assert kinds == {"hello", "ping", "pong", "vectors", "knowledge", "delta", "ack", "nack", "fragment", "bye", "gossip"}
     assert encodings == {"dense2", "base3", "sparse"}
     assert 0 in dims and 0 in counts and max(dims) > 65536   # empty blocks and u32 sparse positions
-    assert set(EXPECTED_REASON) == {_stem(n) for n in MALFORMED}
+    assert set(EXPECTED) == {_stem(n) for n in MALFORMED}
 
 
 @pytest.mark.parametrize("name", INPUTS)
 def test_inspect_gives_the_committed_json(name: str) -> None:
-    results = list(inspect_bytes((VECTORS / name).read_bytes(), _golden_trust()))
+    results = list(inspect_bytes((VECTORS / name).read_bytes(), _golden_trust(), fmt=format_for_name(name)))
     got = [r.as_json() if isinstance(r, InspectError) else r for r in results]
     assert got == _committed_json(name)
     errors = [r for r in results if isinstance(r, InspectError)]
     if name in VALID:
         assert not errors
-        assert all(r["signature"] in ("valid", "unsigned", "unknown_key") for r in got)
+        assert all(r["signature"] in ("valid", "unsigned", "unknown_key", "self_signed", "ignored") for r in got)
     else:
-        assert errors and errors[-1].reason == EXPECTED_REASON[_stem(name)]
-        assert errors[-1].offset is not None
-        if _stem(name) in EXPECTED_OFFSET:
-            assert errors[-1].offset == EXPECTED_OFFSET[_stem(name)]
+        assert errors and (errors[-1].reason, errors[-1].offset) == EXPECTED[_stem(name)]
 
 
 @pytest.mark.parametrize("name", INPUTS)

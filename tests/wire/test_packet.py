@@ -32,7 +32,7 @@ u64 = st.integers(0, 2**64 - 1)
 anyint = st.integers(-(2**63), 2**64 - 1)
 names = st.text(max_size=12)
 topics = st.text(min_size=1, max_size=40)
-scalars = st.none() | st.booleans() | anyint | st.floats(allow_nan=False) | st.text(max_size=8) | st.binary(max_size=8)
+scalars = st.none() | st.booleans() | anyint | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8) | st.binary(max_size=8)
 
 
 def nested(depth: int) -> st.SearchStrategy:
@@ -394,7 +394,7 @@ def _header(raw: bytes, **fields) -> bytes:
     (dict(major=2), Reason.UNSUPPORTED_VERSION, 4),
     (dict(major=0), Reason.UNSUPPORTED_VERSION, 4),
     (dict(kind=0), Reason.UNKNOWN_KIND, 6),
-    (dict(kind=11), Reason.UNKNOWN_KIND, 6),
+    (dict(kind=255), Reason.UNKNOWN_KIND, 6),
     (dict(flags=0x03), Reason.BAD_HEADER, 7),
     (dict(flags=0x09), Reason.BAD_HEADER, 7),
     (dict(reserved=b"\x00\x01\x00"), Reason.BAD_HEADER, 9),

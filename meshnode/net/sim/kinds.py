@@ -17,12 +17,12 @@ not a recognisable packet. A fragment is "fragment" whatever it is a piece of (t
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from typing import Final
 
 from ...wire.packet import MAGIC, Kind
 
-__all__ = ["KINDS", "StreamKinds", "frame_kind"]
+__all__ = ["CLASSES", "KINDS", "TRAFFIC_CLASS", "StreamKinds", "frame_kind", "traffic_class"]
 
 _KIND_AT: Final = 10                   # in a framed packet: 4 (length) + 6
 _ORIGIN_AT: Final = 44                 # 4 + 40
@@ -32,6 +32,24 @@ _NAMES: Final[dict[int, str]] = {k.value: k.name.lower() for k in Kind}
 # Every kind a link can report, in the order reports and plots list them. Fixed, so the per-link maps
 # stay bounded whatever the peers send.
 KINDS: Final[tuple[str, ...]] = (*_NAMES.values(), "members", "other")
+
+# What each kind is for, to split a node's bytes into budgets (issue 15's scale benchmark): data (what
+# workers publish, and the fragments it travels in), lazy (announcements of what a node has, and the
+# pulls they cause), membership (hellos and relayed member announcements), control (keepalive, bye,
+# acknowledgements). A kind the overlay adds is one line here; a kind missing here counts as "other"
+# and the report lists it (mesh.unclassified_kinds), so a forgotten line shows.
+TRAFFIC_CLASS: Final[dict[str, str]] = {
+    "vectors": "data", "knowledge": "data", "delta": "data", "fragment": "data",
+    "gossip": "lazy",           # ids held (have), ids pulled (want), graft / prune, peer addresses
+    "hello": "membership", "members": "membership",
+    "ping": "control", "pong": "control", "bye": "control", "ack": "control", "nack": "control",
+    "other": "other",
+}
+CLASSES: Final[tuple[str, ...]] = ("data", "lazy", "membership", "control", "other")
+
+
+def traffic_class(kind: str) -> str:
+    return TRAFFIC_CLASS.get(kind, "other")
 
 
 def frame_kind(head: bytes | bytearray | memoryview, sender: bytes | None = None) -> str:
@@ -63,10 +81,11 @@ class StreamKinds:
     `take(n)` as n bytes are delivered (in order, never more than was written). Holds one small run
     per frame written and not yet delivered."""
 
-    __slots__ = ("_done", "_head", "_runs", "_size", "sender")
+    __slots__ = ("_done", "_head", "_runs", "_size", "sender", "sent")
 
-    def __init__(self, sender: bytes | None = None) -> None:
+    def __init__(self, sender: bytes | None = None, sent: Counter[str] | None = None) -> None:
         self.sender = sender
+        self.sent = sent                             # bytes written by kind, when given (LinkStats.kind_bytes_sent)
         self._runs: deque[_Run] = deque()
         self._head = bytearray()                     # the current frame's first bytes (up to _HEAD)
         self._size: int | None = None                # the current frame's size, prefix included
@@ -87,6 +106,8 @@ class StreamKinds:
                     # A length prefix split across writes (a meshnode node writes whole frames, so
                     # this is someone else's writer): its bytes are "other".
                     self._runs.append(_Run("other", part, False))
+                    if self.sent is not None:
+                        self.sent["other"] += part
                     return
                 # a frame of length 0 is invalid: count its prefix as a frame of its own
                 self._size = 4 + int.from_bytes(self._head[:4], "little")
@@ -99,7 +120,10 @@ class StreamKinds:
             part += more
             finished = self._done == self._size
             # Bytes of a frame whose header is cut by the end of a write get the kind known so far.
-            self._runs.append(_Run(frame_kind(self._head, self.sender), part, finished))
+            kind = frame_kind(self._head, self.sender)
+            self._runs.append(_Run(kind, part, finished))
+            if self.sent is not None:
+                self.sent[kind] += part
             if finished:
                 self._head = bytearray()
                 self._size = None

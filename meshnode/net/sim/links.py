@@ -251,6 +251,13 @@ class LatencyHistogram:
         self.total += s
         self.max = max(self.max, s)
 
+    def merge(self, other: LatencyHistogram) -> None:
+        """Add `other`'s latencies to these (e.g. every receiver of every flow into one)."""
+        self.counts.update(other.counts)
+        self.n += other.n
+        self.total += other.total
+        self.max = max(self.max, other.max)
+
     def _upper(self, i: int) -> float:
         return self._LO * math.exp(i * self._STEP)
 
@@ -294,6 +301,9 @@ class LinkStats:
     kind_bytes: Counter[str] = field(default_factory=Counter)
     kind_packets: Counter[str] = field(default_factory=Counter)
     kind_bytes_per_second: dict[str, Counter[int]] = field(default_factory=dict)
+    # Payload written by packet kind (what the sender spent, delivered or not): adds up to bytes_sent
+    # in reliable mode; in datagram mode it counts the frames handed to the link, dropped ones included.
+    kind_bytes_sent: Counter[str] = field(default_factory=Counter)
 
     def delivered(self, nbytes: int, latency: float, now: float) -> None:
         self.packets_delivered += 1
@@ -325,7 +335,12 @@ class LinkStats:
             "latency_ms": self.latency.summary_ms(),
             "kinds": {k: {"bytes": self.kind_bytes[k], "packets": self.kind_packets[k]}
                       for k in KINDS if self.kind_bytes[k] or self.kind_packets[k]},
+            "kinds_sent": {k: self.kind_bytes_sent[k] for k in sorted(self.kind_bytes_sent, key=_kind_order)},
         }
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    return (KINDS.index(kind), "") if kind in KINDS else (len(KINDS), kind)
 
 
 class DirectedLink:

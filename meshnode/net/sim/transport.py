@@ -26,6 +26,24 @@ Every delivered byte is also counted by packet kind (kinds.py; LinkStats.kind_by
 one frame, classified from its header as it arrives; a reliable pipe notes the frame boundaries and
 kinds of what is written (StreamKinds) and splits each delivered segment along them.
 
+Links are made lazily: `add_link(..., lazy=True)` and `add_segment` (one LAN: any two of its hosts
+can connect) only declare who can reach whom with which profile; the DirectedLink pair is made when
+a connection first uses it (or an event names it). A full mesh of 300 hosts is then 300 entries, not
+90,000 links, and the report lists the links that carried something. Each link's generator derives
+from (seed, its two ends), never from when it was made, so lazy creation changes no draw.
+
+Reliable pipes hand what arrives to the reader in batches: a segment is put in the reader's buffer at
+its arrival time (statistics use that time exactly), but the reader is woken only when the last
+segment of a write arrives (a meshnode node writes one frame per write, so: when a frame is complete),
+when the stream ends, and otherwise at least every WAKE_S of simulated time while a long write
+trickles in. Waking the reader for half a frame does nothing but cost a task step and a decode
+attempt; at 20 Mbit/s a 13 KB packet is nine segments, and one wake instead of nine is most of the
+simulator's own cost. What the node sees differs only in that a read returns a frame's worth of bytes
+at once, as a real recv() does when the data has already arrived, and that its "last heard" time lags
+by at most WAKE_S in the middle of a long frame. Before a link is cut, a host crashes or a connection
+is dropped, what had arrived by then is handed over first, so a batch never turns an arrived segment
+into a held or lost one.
+
 Connection setup takes a round trip (SYN, SYN-ACK) over the same links, with loss: a lost handshake
 is retried after 1 s, 2 s, 4 s... (RFC 6298's initial RTO) until the dial timeout. No listener on the
 port: "connection refused" after a round trip. A crashed host answers nothing; once it is back, the
@@ -55,6 +73,9 @@ log = logging.getLogger(__name__)
 FIRST_EPHEMERAL_PORT = 49152
 FIRST_LISTEN_PORT = 40000
 SYN_RTO = 1.0                    # RFC 6298 initial retransmission timeout for the handshake
+# A long write's reader is woken at least this often (simulated seconds) while its segments arrive, so
+# that a slow link's "last heard" keeps up within a fraction of any sensible peer timeout (>= seconds).
+WAKE_S = 0.25
 _EPS = 1e-9
 _FIN = None                      # a chunk whose data is _FIN ends the stream
 
@@ -77,7 +98,10 @@ class SimNetwork:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.hosts: dict[str, _Host] = {}
-        self.links: dict[tuple[str, str], DirectedLink] = {}
+        self.links: dict[tuple[str, str], DirectedLink] = {}     # made so far, in the order they were made
+        self._routes: dict[tuple[str, str], LinkProfile] = {}    # declared (lazy) directed links
+        self._segment_of: dict[str, tuple[int, int]] = {}        # host -> (segment, rank in it)
+        self._segments: list[tuple[LinkProfile, LinkProfile]] = []   # (earlier -> later, later -> earlier)
         self._pipes: dict[_Pipe, None] = {}      # ordered (not a set): iteration order must not vary between runs
 
     # ---- building
@@ -87,17 +111,66 @@ class SimNetwork:
             raise ValueError(f"host {name!r} exists already")
         self.hosts[name] = _Host(name)
 
-    def add_link(self, a: str, b: str, profile: LinkProfile, reverse: LinkProfile | None = None) -> None:
-        """Join a and b: `profile` from a to b, `reverse` (default: the same) from b to a."""
+    def add_link(self, a: str, b: str, profile: LinkProfile, reverse: LinkProfile | None = None, *,
+                 lazy: bool = False) -> None:
+        """Join a and b: `profile` from a to b, `reverse` (default: the same) from b to a. `lazy`: the
+        links are made when first used (a connection, an event), not now."""
         for host in (a, b):
             if host not in self.hosts:
                 raise ValueError(f"unknown host {host!r}")
         if a == b:
             raise ValueError(f"a link needs two different hosts, got {a!r} twice")
-        if (a, b) in self.links:
+        if (a, b) in self.links or (a, b) in self._routes:
             raise ValueError(f"hosts {a!r} and {b!r} are linked already")
-        self.links[(a, b)] = DirectedLink(profile, derive_rng(self.seed, "link", a, b), name=f"{a}->{b}")
-        self.links[(b, a)] = DirectedLink(reverse or profile, derive_rng(self.seed, "link", b, a), name=f"{b}->{a}")
+        self._routes[(a, b)] = profile
+        self._routes[(b, a)] = reverse or profile
+        if not lazy:
+            self._make(a, b)
+
+    def add_segment(self, hosts: list[str] | tuple[str, ...], profile: LinkProfile,
+                    reverse: LinkProfile | None = None) -> None:
+        """One LAN: any two of `hosts` can connect, `profile` from the one earlier in `hosts` to the later
+        one and `reverse` (default: the same) back, as a full mesh's links; made on first use, so a LAN
+        of N hosts costs N entries until its hosts talk. A host belongs to one segment at most."""
+        index = len(self._segments)
+        for rank, host in enumerate(hosts):
+            if host not in self.hosts:
+                raise ValueError(f"unknown host {host!r}")
+            if host in self._segment_of:
+                raise ValueError(f"host {host!r} is on a segment already")
+            self._segment_of[host] = (index, rank)
+        self._segments.append((profile, reverse or profile))
+
+    def _profile(self, src: str, dst: str) -> LinkProfile | None:
+        """The profile of the directed link src -> dst if there can be one (declared or on one segment)."""
+        declared = self._routes.get((src, dst))
+        if declared is not None:
+            return declared
+        s, d = self._segment_of.get(src), self._segment_of.get(dst)
+        if s is None or d is None or s[0] != d[0] or src == dst:
+            return None
+        forward, back = self._segments[s[0]]
+        return forward if s[1] < d[1] else back
+
+    def _make(self, a: str, b: str) -> DirectedLink:
+        pa, pb = self._profile(a, b), self._profile(b, a)
+        assert pa is not None and pb is not None
+        self.links[(a, b)] = link = DirectedLink(pa, derive_rng(self.seed, "link", a, b), name=f"{a}->{b}")
+        self.links[(b, a)] = DirectedLink(pb, derive_rng(self.seed, "link", b, a), name=f"{b}->{a}")
+        return link
+
+    def link(self, src: str, dst: str) -> DirectedLink | None:
+        """The directed link src -> dst, made now (with its reverse) if it is declared and not made yet;
+        None when the two hosts cannot reach each other."""
+        link = self.links.get((src, dst))
+        if link is not None:
+            return link
+        if self._profile(src, dst) is None:
+            return None
+        return self._make(src, dst)
+
+    def can_reach(self, src: str, dst: str) -> bool:
+        return (src, dst) in self.links or self._profile(src, dst) is not None
 
     def transport(self, host: str, identity: NodeIdentity) -> SimTransport:
         """The Transport of `host`, whose node has `identity`. A restarted node gets a new one."""
@@ -107,15 +180,23 @@ class SimNetwork:
     # ---- events
 
     def _pair(self, a: str, b: str) -> tuple[DirectedLink, DirectedLink]:
-        try:
-            return self.links[(a, b)], self.links[(b, a)]
-        except KeyError:
-            raise ValueError(f"no link between {a!r} and {b!r}") from None
+        ab, ba = self.link(a, b), self.link(b, a)
+        if ab is None or ba is None:
+            raise ValueError(f"no link between {a!r} and {b!r}")
+        return ab, ba
 
     def cut(self, a: str, b: str) -> None:
         """Partition a from b (both directions)."""
-        for link in self._pair(a, b):
+        pair = self._pair(a, b)
+        self._flush(lambda pipe: pipe.link in pair)
+        for link in pair:
             link.up = False
+
+    def _flush(self, which: Any) -> None:
+        """Hand over what has arrived by now on the pipes `which(pipe)` selects, before the path changes."""
+        for pipe in list(self._pipes):
+            if which(pipe):
+                pipe.flush()
 
     def restore(self, a: str, b: str) -> None:
         for link in self._pair(a, b):
@@ -132,6 +213,7 @@ class SimNetwork:
         """The host stops answering: its connections die without a word (no FIN, no RST); what is on the
         way to or from it is lost. Its own streams see EOF, so its node's tasks can finish."""
         h = self.hosts[host]
+        self._flush(lambda pipe: host in (pipe.src, pipe.dst))
         h.up = False
         for stream in list(h.streams):
             remote = stream._remote
@@ -154,7 +236,7 @@ class SimNetwork:
             for stream in stale:
                 h2.stale.remove(stream)
                 if not stream._closed:
-                    link = self.links.get((host, stream._host))
+                    link = self.link(host, stream._host)
                     delay = link.profile.delay if link is not None else 0.0
                     asyncio.get_running_loop().call_later(delay, stream._lose, "reset")
 
@@ -163,7 +245,7 @@ class SimNetwork:
             pipe.resume()
 
     def path_up(self, src: str, dst: str) -> bool:
-        link = self.links.get((src, dst))
+        link = self.link(src, dst)
         return link is not None and link.up and self.hosts[src].up and self.hosts[dst].up
 
     def down_reason(self, src: str, dst: str) -> str:
@@ -176,9 +258,9 @@ class SimNetwork:
 
     def _handshake_leg(self, src: str, dst: str, now: float) -> float | None:
         """Arrival time of one handshake segment, None if it is lost (or the path is down)."""
-        if not self.path_up(src, dst):
+        link = self.link(src, dst)
+        if link is None or not self.path_up(src, dst):
             return None
-        link = self.links[(src, dst)]
         times = link.send_datagram(now, 0, extras=False)
         if isinstance(times, str):
             return None
@@ -213,7 +295,7 @@ class SimTransport:
         address = f"{host}:{port}"
         if host not in net.hosts:
             raise TransportError(f"{address}: unknown host (the scenario has no node {host!r})")
-        if (self.host, host) not in net.links:
+        if not net.can_reach(self.host, host):
             raise TransportError(f"{address}: no route from {self.host} (no link between them)")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -415,12 +497,18 @@ class _Pipe:
     def __init__(self, network: SimNetwork, src: str, dst: str, sink: SimStream) -> None:
         self.net = network
         self.src, self.dst = src, dst
-        self.link = network.links[(src, dst)]
+        link = network.link(src, dst)
+        assert link is not None, f"{src}->{dst}: no link"
+        self.link = link
         self.sink = sink
         self.datagram = self.link.profile.mode == DATAGRAM
         self.pending = bytearray()         # reliable: written while the path is down
         self.fin_pending = False
         self.inflight: deque[list[Any]] = deque()        # reliable: [arrival, sent_at, data], in order
+        # reliable: the chunks (the same lists as in inflight) whose arrival wakes the reader: the last
+        # of each write, and one per WAKE_S of a long write (see the module docstring)
+        self.wakes: deque[list[Any]] = deque()
+        self.last_wake = 0.0
         self.heap: list[tuple[float, int, float, bytes | None]] = []   # datagram: (arrival, seq, sent_at, data)
         self._seq = 0
         self.last_arrival = 0.0
@@ -430,7 +518,7 @@ class _Pipe:
         self.sender = identity.node_id if identity is not None else None
         # reliable: which packet kind each written byte belongs to, so delivered segments (cut anywhere
         # in the stream) are split by kind; a datagram is one whole frame and is classified as it arrives
-        self.kinds = StreamKinds(self.sender) if not self.datagram else None
+        self.kinds = StreamKinds(self.sender, self.link.stats.kind_bytes_sent) if not self.datagram else None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.dead: str | None = None       # the far end crashed: what is sent vanishes
@@ -441,6 +529,8 @@ class _Pipe:
         now = asyncio.get_running_loop().time()
         if self.dead is not None:
             self.link.refuse(len(data), self.dead)
+            # counted as sent (the sender spent it), by the kind of the frame it starts with
+            self.link.stats.kind_bytes_sent[frame_kind(data[:76], self.sender)] += len(data)
             return
         if self.datagram:
             assert self.decoder is not None
@@ -449,8 +539,11 @@ class _Pipe:
             except FrameError:             # our own node wrote a bad frame: nothing sensible to send
                 log.error("sim %s->%s: the writer sent bytes that are not frames", self.src, self.dst)
                 return
+            sent = self.link.stats.kind_bytes_sent
             for frame in frames:
-                self._datagram(now, encode_frame(frame))
+                data = encode_frame(frame)
+                sent[frame_kind(data[:76], self.sender)] += len(data)
+                self._datagram(now, data)
             return
         assert self.kinds is not None
         self.kinds.wrote(data)
@@ -474,10 +567,19 @@ class _Pipe:
         pos = 0
         view = memoryview(data)
         last = self.last_arrival
+        inflight, wakes = self.inflight, self.wakes
+        chunk: list[Any] = []
         for arrival, size in self.link.send_stream(now, len(data)):
             last = max(arrival, last)
-            self.inflight.append([last, now, bytes(view[pos:pos + size])])
+            chunk = [last, now, bytes(view[pos:pos + size])]
+            inflight.append(chunk)
             pos += size
+            if last - self.last_wake >= WAKE_S:
+                wakes.append(chunk)
+                self.last_wake = last
+        if chunk and (not wakes or wakes[-1] is not chunk):
+            wakes.append(chunk)              # the end of the write
+            self.last_wake = last
         self.last_arrival = last
         self._arm()
 
@@ -486,7 +588,9 @@ class _Pipe:
         arrival = max(now, link.free_at) + link.profile.overhead * 8 / link.profile.rate_bps \
             if link.profile.rate_bps else now
         self.last_arrival = max(arrival + link.propagation(), self.last_arrival)
-        self.inflight.append([self.last_arrival, now, _FIN])
+        chunk = [self.last_arrival, now, _FIN]
+        self.inflight.append(chunk)
+        self.wakes.append(chunk)
         self._arm()
 
     def _datagram(self, now: float, data: bytes | None) -> None:
@@ -519,7 +623,7 @@ class _Pipe:
     def _head(self) -> float | None:
         if self.datagram:
             return self.heap[0][0] if self.heap else None
-        return self.inflight[0][0] if self.inflight else None
+        return self.wakes[0][0] if self.wakes else None
 
     def _arm(self) -> None:
         head = self._head()
@@ -535,7 +639,20 @@ class _Pipe:
 
     def _deliver(self) -> None:
         self.timer = None
-        now = asyncio.get_running_loop().time()
+        self._hand_over(asyncio.get_running_loop().time())
+        self._arm()
+
+    def flush(self) -> None:
+        """Hand over now what has arrived by now (before a cut, a crash or a reset changes the path)."""
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:                # no loop (torn down): nothing can arrive any more
+            return
+        self._hand_over(now)
+
+    def _hand_over(self, now: float) -> None:
+        """Everything due by `now` (and, reliable, the path up): into the sink, counted at its own
+        arrival time, so that batching changes no statistic."""
         up = self.net.path_up(self.src, self.dst)
         stats = self.link.stats
         sink = self.sink
@@ -551,20 +668,36 @@ class _Pipe:
                     stats.delivered_kind(frame_kind(data[:76], self.sender), len(data), 1, now)
                 sink._receive(data)
         elif up:
-            inflight = self.inflight
+            inflight, wakes = self.inflight, self.wakes
+            kinds = self.kinds
+            assert kinds is not None
+            got = False
+            # The kinds of consecutive segments that arrive in the same simulated second are taken in
+            # one go (the per-second bins are all they are counted in): one call per batch, not per segment.
+            pending, second = 0, -1
             while inflight and inflight[0][0] <= now + _EPS:
-                _, sent_at, data = inflight.popleft()
+                arrival, sent_at, data = inflight.popleft()
+                if pending and int(arrival) != second:
+                    for kind, nbytes, packets in kinds.take(pending):
+                        stats.delivered_kind(kind, nbytes, packets, second)
+                    pending = 0
                 if data is _FIN:
                     self.net._pipes.pop(self, None)       # nothing follows a FIN: done with this pipe
-                else:
-                    stats.delivered(len(data), now - sent_at, now)
-                    assert self.kinds is not None
-                    for kind, nbytes, packets in self.kinds.take(len(data)):
-                        stats.delivered_kind(kind, nbytes, packets, now)
-                sink._receive(data)
-        else:
-            return                          # held until the path is back (resume)
-        self._arm()
+                    sink._receive(data)
+                    continue
+                stats.delivered(len(data), arrival - sent_at, arrival)
+                pending += len(data)
+                second = int(arrival)
+                if not sink._closed and not sink._eof:     # as _receive: nothing reaches a closed end
+                    sink._rx += data
+                    got = True
+            if pending:
+                for kind, nbytes, packets in kinds.take(pending):
+                    stats.delivered_kind(kind, nbytes, packets, second)
+            while wakes and wakes[0][0] <= now + _EPS:
+                wakes.popleft()
+            if got:
+                sink._wake()
 
     def resume(self) -> None:
         """The path may be back: deliver what was held, send what waited."""
@@ -573,7 +706,7 @@ class _Pipe:
         now = asyncio.get_running_loop().time()
         if not self.datagram and self.inflight:
             earliest = now + self.link.propagation()
-            for chunk in self.inflight:
+            for chunk in self.inflight:          # the wakes are the same lists: they move with them
                 chunk[0] = max(chunk[0], earliest)
             self.last_arrival = max(self.last_arrival, self.inflight[-1][0])
             if self.timer is not None:
@@ -595,10 +728,12 @@ class _Pipe:
 
     def discard(self, why: str) -> None:
         """The connection is gone: what is still on the way never arrives."""
+        self.flush()                        # what has arrived by now was not on the way any more
         n = len(self.inflight) + len(self.heap) + (1 if self.pending else 0)
         if n:
             self.link.stats.dropped[why] += n
         self.inflight.clear()
+        self.wakes.clear()
         self.heap.clear()
         self.pending.clear()
         if self.kinds is not None:
