@@ -311,10 +311,10 @@ SCHEMA: dict[str, dict[str, Setting]] = {
                                        "origin; packets older than `dedup_window` are dropped.", _positive),
         "member_ttl": Setting(Kind.FLOAT, 3600.0, "Seconds a member this node has no link to may go unseen (no "
                               "verified packet, no newer hello) before it is forgotten.", _positive),
-        "origin_rate": Setting(Kind.FLOAT, 200.0, "Packets per second this node forwards and delivers from any "
-                               "one origin (bursts of 2 s worth); more are dropped (`dropped.rate_limited`), so "
-                               "one member cannot flood the mesh or starve the others.", _positive),
-        "origin_rate_bytes": Setting(Kind.INT, 32 << 20, "Bytes per second this node forwards and delivers from "
+        "origin_rate": Setting(Kind.FLOAT, 50.0, "Packets per second this node relays for any one origin (bursts "
+                               "of 2 s worth); more are delivered here but not relayed (`dropped.rate_limited`), "
+                               "so one member's flood stops at the first hop and cannot starve the others.", _positive),
+        "origin_rate_bytes": Setting(Kind.INT, 32 << 20, "Bytes per second this node relays for "
                                      "any one origin (bursts of 2 s worth; a single larger packet passes when "
                                      "the burst is full).", _positive),
         "max_members": Setting(Kind.INT, 4096, "Most mesh members whose keys this node holds (learned from "

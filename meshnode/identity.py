@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorit
 
 from .atomic import write_atomic
 from .display import safe_text
+from .wire.packet import public_key_problem
 
 __all__ = [
     "CA_CERT_FILE",
@@ -429,9 +430,14 @@ def issue_node_certificate(
     validity: _dt.timedelta = DEFAULT_NODE_VALIDITY,
     now: _dt.datetime | float | None = None,
     serial: int | None = None,
+    unsafe_key: bool = False,
 ) -> x509.Certificate:
-    """Sign a node certificate for `public_key` (also what a future `node renew` would call)."""
+    """Sign a node certificate for `public_key` (also what a future `node renew` would call); `unsafe_key`
+    only lets tests make the certificate a daemon must refuse."""
     validate_node_name(name)
+    problem = public_key_problem(_raw(public_key))
+    if problem is not None and not unsafe_key:
+        raise ValueError(f"refusing to certify an unusable node key: {problem}")
     if validity <= _dt.timedelta(0):
         raise ValueError("validity must be positive")
     start = _now(now) - _BACKDATE
@@ -569,6 +575,10 @@ def _check_node_cert(cert: x509.Certificate, ca_cert: x509.Certificate) -> PeerI
     pub = cert.public_key()
     if not isinstance(pub, Ed25519PublicKey):
         raise IdentityError(IdentityReason.BAD_CERTIFICATE, "certificate key is not Ed25519")
+    problem = public_key_problem(_raw(pub))
+    if problem is not None:
+        # a small-order or non-canonical key verifies forged signatures (SPEC §2): no node may have one
+        raise IdentityError(IdentityReason.BAD_CERTIFICATE, f"certificate key is unusable: {problem}")
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:

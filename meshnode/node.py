@@ -48,16 +48,17 @@ from . import __version__
 from .clock import REAL_CLOCK, Clock
 from .config import Config, mdns_plan
 from .control import ControlServer
+from .display import safe_text
 from .identity import NodeIdentity, load_node_identity
 from .log_limit import LogLimiter
 from .metrics import Metrics
 from .net.backoff import Backoff
 from .net.link import Link, LinkSettings, LinkState
 from .net.message_cache import MessageCache
-from .net.overlay import Graft, Have, Overlay, OverlaySettings, Prune, Serve, Want
+from .net.overlay import Graft, Have, Overlay, OverlaySettings, Prune, Serve, Settled, Want
 from .net.peers import CATCH_UP_DELAY, NEWS_DELAY, MemberDirectory, MemberRefused
 from .net.rate import OriginRates
-from .net.router import Router, Subscription, Verdict
+from .net.router import Router, Subscription, Verdict, gossip_id
 from .net.tcp import TlsTransport
 from .net.transport import Listener, Stream, Transport, TransportError
 from .wire.frames import ReassemblyBudget
@@ -74,6 +75,7 @@ DIAL_TIMEOUT = 10.0
 HEARTBEAT = 1.0          # seconds between overlay heartbeats (re-balance, announcements, deferred sends)
 DEFERRED_PER_LINK = 1024 # packet ids waiting for room in one link's queue (the packets are in the cache)
 EXCHANGE_CANDIDATES = 256  # dial candidates learned from peers (peer exchange), all peers together
+EXCHANGE_PER_PEER = 32     # ... and from any one peer
 # Links whose TLS is up but whose hello has not come yet, all peers together; one per peer node id.
 MAX_HANDSHAKING = 16
 MAINTENANCE_INTERVAL = 5.0
@@ -104,6 +106,7 @@ class _Candidate:
     backoff: Backoff
     not_before: float = 0.0         # monotonic time of the next allowed dial
     failures: int = 0
+    source: bytes | None = None     # the peer that told us the address (peer exchange)
 
 
 class _WorkerBus:
@@ -297,18 +300,21 @@ class Node:
         packet_id = raw[24:40]
         self.router.remember(self.node_id, packet_id, now_us, now_us)
         self.metrics.inc("packets.published")
-        self._keep_for_peers(packet_id, self.node_id, now_us, raw)
+        gid = self._keep_for_peers(packet_id, self.node_id, now_us, raw)
         for link in self._push_targets(None, self.node_id):
-            self._send_or_defer(link, packet_id, raw, own=True)
+            self._send_or_defer(link, gid, raw, own=True)
         return packet_id
 
     # ================================================================ the overlay
 
-    def _keep_for_peers(self, packet_id: bytes, origin: bytes, timestamp_us: int, raw: bytes) -> None:
-        """A new packet, as we would relay it: kept to give again, and announced to lazy links."""
+    def _keep_for_peers(self, packet_id: bytes, origin: bytes, timestamp_us: int, raw: bytes) -> bytes:
+        """A new packet, as we would relay it: kept to give again, and announced to lazy links when
+        kept (an id we could not serve is not announced). Returns its gossip id."""
+        gid = gossip_id(origin, packet_id)
         if self._cache is not None and self._overlay is not None:
-            self._cache.put(packet_id, origin, timestamp_us, raw, self.clock.wall_us())
-            self._overlay.seen(packet_id)
+            if self._cache.put(gid, origin, timestamp_us, raw, self.clock.wall_us()):
+                self._overlay.seen(gid)
+        return gid
 
     def _push_targets(self, came_from: Link | None, origin: bytes) -> list[Link]:
         """The links a new packet is pushed on: every link without the overlay; with it, the eager links
@@ -318,15 +324,18 @@ class Node:
                 if link is not came_from and peer != origin
                 and (ov is None or peer not in self._gossip_links or ov.is_eager(peer))]
 
-    def _send_or_defer(self, link: Link, packet_id: bytes, raw: bytes, *, own: bool) -> bool:
+    def _send_or_defer(self, link: Link, gid: bytes, raw: bytes, *, own: bool) -> bool:
         if link.send_packet(raw, own=own):
             return True
         # No room in the link's queue now: with the packet in the cache, keep only its id and send it
         # when the queue drains (a heartbeat), so relaying a large packet never needs a larger queue.
-        if self._cache is not None and packet_id in self._cache and link.is_open:
-            waiting = self._deferred.setdefault(link.peer_node_id, deque(maxlen=DEFERRED_PER_LINK))
-            if packet_id not in waiting:
-                waiting.append(packet_id)
+        if self._cache is not None and gid in self._cache and link.is_open:
+            waiting = self._deferred.setdefault(link.peer_node_id, deque())
+            if gid not in waiting:
+                if len(waiting) >= DEFERRED_PER_LINK:
+                    waiting.popleft()
+                    self.metrics.inc("dropped.deferred_overflow")
+                waiting.append(gid)
             self.metrics.inc("packets.deferred")
         else:
             self.metrics.inc("dropped.send_queue_full")
@@ -355,8 +364,13 @@ class Node:
         if link is None:
             return
         raw = encode_packet(body, self.signer, hop_limit=0, timestamp_us=self.clock.wall_us(), limits=self._wire)
-        if link.send_packet(raw, own=True):
+        # The control lane: a few kB at most, never evicted by data (a lost graft would leave the two
+        # ends disagreeing on the link's role, a lost announcement its packets unrepaired); a peer
+        # that leaves it unread is cut off like one that leaves its pings unread.
+        if link.send_control_raw(raw):
             self.metrics.inc("gossip.sent")
+        else:
+            self.metrics.inc("gossip.unsent")
 
     def _do(self, actions: list[Any]) -> None:
         for a in actions:
@@ -368,6 +382,10 @@ class Node:
                 self._send_gossip(a.peer, Gossip(have=a.ids))
             elif isinstance(a, Want):
                 self._send_gossip(a.peer, Gossip(want=a.ids))
+            elif isinstance(a, Settled):
+                link = self._links.get(a.peer)
+                if link is not None:
+                    self._exchange_peers(link)     # the members it now holds can be dialled
             elif isinstance(a, Serve) and self._cache is not None:
                 link = self._links.get(a.peer)
                 for pid in a.ids:
@@ -392,32 +410,54 @@ class Node:
         if g.have:
             now_us = self.clock.wall_us()
             cache.expire(now_us)
-            actions += ov.on_have(peer, g.have, lambda pid: not self.router.dedup.knows(pid) and pid not in cache)
+            actions += ov.on_have(peer, g.have, self._is_new)
         if g.want:
-            actions += ov.on_want(peer, g.want, cache.__contains__)
+            actions += ov.on_want(peer, g.want, cache.size_of)
         if g.peers and self.config.discovery.peer_exchange:
-            self._learn_addresses(g.peers)
+            self._learn_addresses(link, g.peers)
         self._do(actions)
 
-    def _learn_addresses(self, peers: tuple[tuple[bytes, str], ...]) -> None:
+    def _learn_addresses(self, link: Link, peers: tuple[tuple[bytes, str], ...]) -> None:
         """Peer exchange: dial candidates for members a peer links to, so one bootstrap peer is enough.
-        Only for members (their certificates were checked) and bounded in number; the dial presents the
-        expected node id, so a wrong address costs a failed dial with backoff, never a wrong link."""
+        Only for members (their certificates were checked); at most EXCHANGE_PER_PEER from one peer and
+        EXCHANGE_CANDIDATES in all; never an unspecified or multicast address, nor a loopback one heard
+        over a link that is not itself on loopback. The dial presents the expected node id, so a wrong
+        address costs a failed dial with backoff, never a wrong link; an address that keeps failing is
+        replaced by the next one a peer gives for that node."""
         from .config import ConfigError, parse_peer_address
 
-        known = sum(1 for k in self._candidates if isinstance(k, tuple) and k[0] == "px")
+        source = link.peer_node_id
+        px = [c for k, c in self._candidates.items() if isinstance(k, tuple) and k[0] == "px"]
+        from_source = sum(1 for c in px if c.source == source)
+        on_loopback = _is_loopback(link.address.rsplit(":", 1)[0])
         for node_id, address in peers:
-            if node_id == self.node_id or node_id not in self.members or ("px", node_id) in self._candidates:
+            if node_id == self.node_id or node_id not in self.members:
                 continue
-            if known >= EXCHANGE_CANDIDATES:
-                return
             try:
                 where = parse_peer_address(address)
             except (ConfigError, ValueError):
                 self.metrics.inc("dropped.bad_address")
                 continue
-            self._add_candidate(("px", node_id), where.host, where.port, node_id, delay=0.0)
-            known += 1
+            if not _dialable(where.host, allow_loopback=on_loopback):
+                self.metrics.inc("dropped.bad_address")
+                continue
+            known = self._candidates.get(("px", node_id))
+            if known is not None:
+                if known.failures >= 3 and (known.host, known.port) != (where.host, where.port):
+                    known.host, known.port, known.failures, known.source = where.host, where.port, 0, source
+                    known.backoff.reset()
+                continue
+            if from_source >= EXCHANGE_PER_PEER or len(px) >= EXCHANGE_CANDIDATES:
+                return
+            self._add_candidate(("px", node_id), where.host, where.port, node_id, delay=0.0, source=source)
+            from_source += 1
+            px.append(self._candidates[("px", node_id)])
+
+    def _forget_candidates(self) -> None:
+        """Addresses from peer exchange of members the directory has forgotten go too."""
+        for key in [k for k in self._candidates if isinstance(k, tuple) and k[0] == "px" and k[1] not in self.members]:
+            if key not in self._dialers:
+                del self._candidates[key]
 
     def _exchange_peers(self, link: Link) -> None:
         entries = []
@@ -431,22 +471,31 @@ class Node:
             self._rng.shuffle(entries)
             self._send_gossip(link.peer_node_id, Gossip(peers=tuple(entries[:MAX_GOSSIP_PEERS])))
 
+    def _is_new(self, gid: bytes) -> bool:
+        """A gossip id we have not accepted (nor hold in the cache)."""
+        return not self.router.dedup.knows(gid) and (self._cache is None or gid not in self._cache)
+
     async def _heartbeat(self) -> None:
         while True:
             await self.clock.sleep(HEARTBEAT)
-            if self._overlay is not None and self._cache is not None:
-                cache = self._cache
-                self._do(self._overlay.heartbeat(lambda pid: not self.router.dedup.knows(pid) and pid not in cache))
-            self._send_deferred()
-            self._manage_links()
+            try:
+                if self._overlay is not None:
+                    self._do(self._overlay.heartbeat(self._is_new))
+                self._send_deferred()
+                self._forget_candidates()
+                self._manage_links()
+            except Exception:   # a bug here must not end announcements, repairs and redials for good
+                self.metrics.inc("overlay.errors")
+                log.exception("overlay heartbeat failed; going on")
 
     # ---- candidates and the links we dial
 
-    def _add_candidate(self, key: object, host: str, port: int, expected: bytes | None, *, delay: float) -> None:
+    def _add_candidate(self, key: object, host: str, port: int, expected: bytes | None, *, delay: float,
+                       source: bytes | None = None) -> None:
         if key not in self._candidates:
             backoff = Backoff(self.config.discovery.reconnect_min, self.config.discovery.reconnect_max, self._rng)
             self._candidates[key] = _Candidate(host, port, expected, backoff,
-                                               not_before=self.clock.monotonic() + delay)
+                                               not_before=self.clock.monotonic() + delay, source=source)
         if self._state == "running":    # while starting, every static peer is added first, then one pick
             self._manage_links()
 
@@ -466,7 +515,18 @@ class Node:
                     target in self._links or target in self._dialing)):
                 continue
             eligible.append(key)
-        for key in self._rng.sample(eligible, min(room, len(eligible))):
+        chosen: set[bytes] = set()
+        self._rng.shuffle(eligible)
+        for key in eligible:
+            if room <= 0:
+                break
+            c = self._candidates[key]
+            target = c.expected or self._static_ids.get(key)
+            if target is not None and target in chosen:
+                continue        # the same node under two keys (static and peer exchange): one dial
+            if target is not None:
+                chosen.add(target)
+            room -= 1
             self._dials_pending.add(key)   # counted now: the task starts later, after more calls may come
             task = asyncio.get_running_loop().create_task(self._dial_candidate(key), name=f"dial:{key}")
             self._dialers[key] = task
@@ -491,7 +551,8 @@ class Node:
             self._dial_failed(key, c.host, c.port, e)
             return
         except asyncio.CancelledError:
-            self._candidates.pop(key, None)    # discovery lost it, or we are stopping
+            if self._candidates.get(key) is c:   # discovery lost it, or we are stopping (not a replacement)
+                del self._candidates[key]
             raise
         finally:
             self._dials_pending.discard(key)
@@ -510,7 +571,8 @@ class Node:
                 c.backoff.reset()
             c.not_before = self.clock.monotonic() + c.backoff.next()
         except asyncio.CancelledError:
-            self._candidates.pop(key, None)
+            if self._candidates.get(key) is c:
+                del self._candidates[key]
             raise
 
     def subscribe(self, topic: str, handler: PacketHandler) -> Subscription:
@@ -652,7 +714,7 @@ class Node:
             keep = self._keep(existing, link)
             loser = link if keep is existing else existing
             self.metrics.inc("links.duplicate")
-            log.info("two links to %s (%s): keeping the one dialled by %s", link.name, peer.hex()[:16],
+            log.info("two links to %s (%s): keeping the one dialled by %s", safe_text(link.name), peer.hex()[:16],
                      "us" if keep.outbound else "them")
             loser.close("duplicate")
             if loser is link:
@@ -665,7 +727,7 @@ class Node:
             self._gossip_links.add(peer)
             self._do(self._overlay.link_opened(peer, self._cache.ids(self.clock.wall_us())))
             self._exchange_peers(link)
-        log.info("peer %s (%s) up at %s (%s)", link.name, peer.hex()[:16], link.address,
+        log.info("peer %s (%s) up at %s (%s)", safe_text(link.name), peer.hex()[:16], link.address,
                  "dialled" if link.outbound else "accepted")
         # A new link is a new session: the peer may have restarted and hold nothing we told it before.
         self.members.forget_holder(peer)
@@ -752,13 +814,14 @@ class Node:
             self.metrics.inc(f"dropped.member_{e.reason}")
             held = self._log_limit.allow(("member", link.peer_node_id), e.reason)
             if held is not None and e.reason != "hello_churn":   # bounded lines; churn is only counted
-                log.warning("member announcement from %s via %s refused: %s%s", packet.origin.hex()[:16], link.name,
-                            str(e)[:300], _held_note(held))
+                log.warning("member announcement from %s via %s refused: %s%s", packet.origin.hex()[:16], safe_text(link.name),
+                            safe_text(str(e), limit=300), _held_note(held))
             return
         if member is None:
             return
         self.metrics.inc("members.learned")
-        log.info("learned member %s (%s) via %s", member.name, member.node_id.hex()[:16], link.name)
+        log.info("learned member %s (%s) via %s", safe_text(member.name), member.node_id.hex()[:16],
+                 safe_text(link.name))
         self._announce(packet, exclude=link)
 
     def link_packet(self, link: Link, packet: Packet) -> None:
@@ -766,15 +829,7 @@ class Node:
             self._on_gossip(link, packet)
             return
         now_us = self.clock.wall_us()
-        verdict = self.router.dedup.classify(packet.origin, packet.packet_id, packet.header.timestamp_us, now_us)
-        if verdict is Verdict.NEW and not self._origin_rates.allow(packet.origin, len(packet.raw),
-                                                                   self.clock.monotonic()):
-            # Not remembered as seen: a copy that comes later, within the origin's rate, is still new.
-            self._packet_refused(link, packet, "rate_limited", f"over {self.config.limits.origin_rate:g} "
-                                 f"packets/s or {self.config.limits.origin_rate_bytes} bytes/s from one origin")
-            return
-        if verdict is Verdict.NEW:
-            verdict = self.router.accept(packet, now_us)
+        verdict = self.router.accept(packet, now_us)
         if verdict is Verdict.DUPLICATE:
             self.metrics.inc("packets.duplicate")
             return
@@ -786,12 +841,21 @@ class Node:
                                  f"horizon")
             return
         self.metrics.inc("packets.received")
-        raw = Router.forward_raw(packet)
-        self._keep_for_peers(packet.packet_id, packet.origin, packet.header.timestamp_us,
-                             raw if raw is not None else set_hop_limit(packet.raw, 0))
+        # Delivered here whatever the rate (reading and verifying it was the cost, already paid), but
+        # relayed only within its origin's rate: one member's flood stops at the first hop instead of
+        # filling every queue of the mesh (and neither cached nor announced, for the same reason).
+        others = len(self._links) - (link.peer_node_id in self._links)    # peers we could relay it to
+        if others > 0 and not self._origin_rates.allow(packet.origin, len(packet.raw), self.clock.monotonic()):
+            self._packet_refused(link, packet, "rate_limited", f"not relayed: over {self.config.limits.origin_rate:g} "
+                                 f"packets/s or {self.config.limits.origin_rate_bytes} bytes/s from one origin")
+            raw = None
+        else:
+            raw = Router.forward_raw(packet)
+            gid = self._keep_for_peers(packet.packet_id, packet.origin, packet.header.timestamp_us,
+                                       raw if raw is not None else set_hop_limit(packet.raw, 0))
         if raw is not None:
             for other in self._push_targets(link, packet.origin):
-                if self._send_or_defer(other, packet.packet_id, raw, own=False):
+                if self._send_or_defer(other, gid, raw, own=False):
                     self.metrics.inc("packets.forwarded")
         topic = getattr(packet.body, "topic", None)
         for sub in self.router.subscribers(topic):
@@ -805,14 +869,15 @@ class Node:
         # not once per packet (it decides how many there are).
         held = self._log_limit.allow(("origin", packet.origin), reason)
         if held is not None:
-            log.warning("dropped packets of %s (via %s): %s: %s%s", packet.origin.hex()[:16], link.name or link.address,
+            log.warning("dropped packets of %s (via %s): %s: %s%s", packet.origin.hex()[:16], safe_text(link.name or link.address),
                         reason, detail, _held_note(held))
 
     def link_dropped(self, link: Link, reason: str, detail: str) -> None:
         self.metrics.inc(f"dropped.{reason}")
         held = self._log_limit.allow(("dropped", link.peer_node_id), reason)
         if held is not None:   # a member may send bad packets without end: bounded lines
-            log.warning("dropped a packet from %s (%s): %s%s", link.name or link.address, reason, detail[:300],
+            log.warning("dropped a packet from %s (%s): %s%s", safe_text(link.name or link.address), reason,
+                        safe_text(detail, limit=300),
                         _held_note(held))
 
     def link_closed(self, link: Link) -> None:
@@ -829,7 +894,7 @@ class Node:
                 self._overlay.link_closed(peer)
             self.metrics.inc("links.closed")
             self.metrics.inc(f"links.lost.{(link.close_reason or 'closed').split(':')[0]}")
-            log.info("peer %s (%s) down: %s", link.name, peer.hex()[:16], link.close_reason)
+            log.info("peer %s (%s) down: %s", safe_text(link.name), peer.hex()[:16], safe_text(link.close_reason))
         self._notify_closed()
         self._manage_links()
 
@@ -862,7 +927,7 @@ class Node:
         host = address.rsplit(":", 1)[0].strip("[]")
         held = self._log_limit.allow(("refused", source_of(host)), reason)
         if held is not None:
-            log.warning("refused %s: %s (%s)%s", address, reason, detail[:300], _held_note(held))
+            log.warning("refused %s: %s (%s)%s", address, reason, safe_text(detail, limit=300), _held_note(held))
 
     def _start_dialer(self, key: object, host: str, port: int, expected: bytes | None, *,
                       initial_delay: float) -> None:
@@ -951,7 +1016,7 @@ class Node:
         if held is None:
             return
         every = f"{self._log_limit.interval / 60:g} min"
-        log.warning("cannot dial %s at %s: %s (%s)", _dial_label(key), address, text,
+        log.warning("cannot dial %s at %s: %s (%s)", _dial_label(key), address, safe_text(text),
                     f"{held} more failed dials since the last report" if held else
                     f"dialling again with backoff; the same failure is logged at most every {every}")
 
@@ -1133,6 +1198,30 @@ class Node:
         if self._log_limit.held_back:
             out["log.held_back"] = self._log_limit.held_back
         return dict(sorted(out.items()))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _dialable(host: str, *, allow_loopback: bool) -> bool:
+    """An address a peer may point us at: not unspecified or multicast, loopback only among loopback
+    nodes (a member must not make us dial our own machine's services). Names are allowed (hosts of a
+    LAN, the simulator's nodes); they are resolved by the dial like static peers."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host != "localhost" or allow_loopback
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    return allow_loopback or not ip.is_loopback
 
 
 def _address(host: str, port: int) -> str:

@@ -66,6 +66,7 @@ def _log_through(formatter: logging.Formatter, msg: str, *args: object, exc: boo
     handler.setFormatter(formatter)
     logger = logging.getLogger(f"test_display.{id(stream)}")
     logger.propagate = False
+    logger.setLevel(logging.DEBUG)     # whatever level an earlier test (a CLI run) left on the root logger
     logger.addHandler(handler)
     try:
         if exc:

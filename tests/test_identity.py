@@ -441,3 +441,20 @@ def test_cli_refuses_a_hostile_name_and_a_readable_key_with_one_line_and_exit_2(
     (tmp_path / "mesh" / "ca.key").chmod(0o640)
     r = _cli("node", "init", str(tmp_path / "b"), "--mesh", str(tmp_path / "mesh"), "--name", "b")
     assert r.exit_code == 2 and "chmod 600" in r.output and "ca.key" in r.output
+
+
+def test_a_certificate_for_a_small_order_key_is_refused(tmp_path):
+    """SPEC §2: a small-order key verifies forged signatures (R = identity, S = 0), so even a
+    certificate our own CA issued for one proves nothing; it is refused where certificates are read."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    ca = idm.init_mesh(tmp_path / "ca")
+    identity_point = Ed25519PublicKey.from_public_bytes(bytes([1]) + bytes(31))   # the neutral element
+    with pytest.raises(ValueError):          # never issued ...
+        idm.issue_node_certificate(ca, identity_point, "zero")
+    cert = idm.issue_node_certificate(ca, identity_point, "zero", unsafe_key=True)   # ... and if it were
+    der = cert.public_bytes(serialization.Encoding.DER) if hasattr(cert, "public_bytes") else cert
+    with pytest.raises(idm.IdentityError) as e:
+        idm.verify_peer_certificate(der, ca, now=time.time())
+    assert e.value.reason is idm.IdentityReason.BAD_CERTIFICATE and "small" in str(e.value).lower()

@@ -25,11 +25,19 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..clock import REAL_CLOCK, Clock
+from ..display import safe_text
 from ..wire.capture import CaptureRecord, Direction
 from ..wire.errors import SessionError
 from ..wire.packet import Packet
 from ..wire.session import (
-    Closed, HelloReceived, MemberAnnounced, PacketDropped, PacketReceived, PongReceived, Session, SessionFailed,
+    Closed,
+    HelloReceived,
+    MemberAnnounced,
+    PacketDropped,
+    PacketReceived,
+    PongReceived,
+    Session,
+    SessionFailed,
     State,
 )
 from .send_queue import SendQueue
@@ -411,7 +419,7 @@ class Link:
             now = self.clock.monotonic()
             if now - self.last_rx > s.peer_timeout:
                 what = "hello_timeout" if self.state is LinkState.HANDSHAKE else "timeout"
-                log.info("peer %s (%s) silent for %.1f s: closing (%s)", self.name or "?", self.address,
+                log.info("peer %s (%s) silent for %.1f s: closing (%s)", safe_text(self.name or "?"), self.address,
                          now - self.last_rx, what)
                 self.close(what)
                 return

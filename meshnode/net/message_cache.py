@@ -45,10 +45,15 @@ class MessageCache:
         e = self._entries.get(packet_id)
         return e.raw if e is not None else None
 
+    def size_of(self, packet_id: bytes) -> int | None:
+        e = self._entries.get(packet_id)
+        return len(e.raw) if e is not None else None
+
     def ids(self, now_us: int) -> list[bytes]:
-        """Every id still worth announcing, oldest first."""
+        """Every id still worth announcing (within the window), oldest first."""
         self.expire(now_us)
-        return list(self._entries)
+        oldest_ok = now_us - self.window_us
+        return [pid for pid, e in self._entries.items() if e.timestamp_us >= oldest_ok]
 
     def put(self, packet_id: bytes, origin: bytes, timestamp_us: int, raw: bytes, now_us: int) -> bool:
         """Keep a packet; False when it cannot be kept (larger than an origin's share, or too old)."""

@@ -11,9 +11,12 @@ The design follows gossipsub v1.1's mesh, reduced to one overlay for every topic
 - The other links are *lazy*: each heartbeat, the ids seen since the last one are announced (`have`)
   to up to `lazy_degree` random lazy links, which ask (`want`) for what they have not seen and get it
   from the sender's message cache. A lost eager push is repaired the same way.
-- When a link opens, each side announces every id in its message cache (anti-entropy, two heartbeats
-  later, once the members' hellos are across), so packets published on one side of a partition, or
-  while a node was down, cross once the link is back.
+- When a link opens, each side announces every id in its message cache (anti-entropy: from two
+  heartbeats later, once the members' hellos are across, `want_budget` ids a heartbeat), so packets
+  published on one side of a partition, or while a node was down, cross once the link is back.
+
+Ids here are gossip ids (the node's choice: SHA-256 of origin and packet id, so that no member can
+claim another's packet id); the overlay treats them as opaque.
 
 Bounds (per peer, whatever it sends): `want` lists are answered for ids in our cache only, each id at
 most `max_serves` times per peer, and at most `serve_budget` packets per peer per heartbeat; a peer's
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ..wire.packet import MAX_GOSSIP_IDS
 
-__all__ = ["Graft", "Have", "Overlay", "OverlaySettings", "Prune", "Serve", "Want"]
+__all__ = ["Graft", "Have", "Overlay", "OverlaySettings", "Prune", "Serve", "Settled", "Want"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class OverlaySettings:
     want_budget: int = 128         # ids asked of one peer per heartbeat
     want_timeout: int = 3          # heartbeats before an id asked for may be asked for again
     max_asks: int = 3              # times one id is asked of one peer before we give up on it there
+    serve_bytes: int = 4 << 20     # bytes of packets served to one peer per heartbeat (at least one packet)
 
     def __post_init__(self) -> None:
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
@@ -82,7 +86,15 @@ class Serve:
     ids: tuple[bytes, ...]
 
 
-Action = Graft | Prune | Have | Want | Serve
+@dataclass(frozen=True)
+class Settled:
+    """The link has been open for BACKLOG_BEATS heartbeats: both ends hold each other's members now
+    (the moment to tell the peer about our other peers' addresses)."""
+
+    peer: bytes
+
+
+Action = Graft | Prune | Have | Want | Serve | Settled
 
 BACKLOG_BEATS = 2     # heartbeats between a link opening and the announcement of our whole cache
 
@@ -94,8 +106,13 @@ class _Peer:
     # ids it announced that we have not got yet -> times asked; asked for as the budget allows, so an
     # announcement of thousands (a link opening after a partition) is fetched over a few heartbeats
     pending: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
-    backlog: tuple[bytes, ...] = ()     # our cached ids, announced once the link has settled
+    # ids asked of it max_asks times and never served: not taken from it again, however often it
+    # announces them (a peer that announces and never serves must not hold our asks)
+    gave_up: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    backlog: list[bytes] = field(default_factory=list)   # our cached ids, announced a chunk a heartbeat
     opened: int = 0                     # the heartbeat it opened at
+    settled: bool = False               # Settled was said (the link is past its first heartbeats)
+    serve_bytes_left: int = 0
     serve_left: int = 0
     want_left: int = 0
 
@@ -135,12 +152,13 @@ class Overlay:
     def link_opened(self, peer: bytes, cached_ids: Iterable[bytes]) -> list[Action]:
         """A gossip-capable link is up: graft it while we are below `degree`, and announce everything in
         our message cache (anti-entropy)."""
-        st = self._peers.setdefault(peer, _Peer())
+        st = self._peers[peer] = _Peer()      # a new link is a new session, whatever the old one agreed
         st.serve_left, st.want_left = self.settings.serve_budget, self.settings.want_budget
+        st.serve_bytes_left = self.settings.serve_bytes
         # Announced at the second heartbeat from now, not at once: the peers first exchange the hellos
         # of the members they know (one side waits a second), and a packet served before its origin's
         # hello would be dropped as from an unknown origin.
-        st.backlog, st.opened = tuple(cached_ids), self._beat
+        st.backlog, st.opened = list(cached_ids), self._beat
         out: list[Action] = []
         if len(self.eager) < self.settings.degree:
             st.eager = True
@@ -178,7 +196,7 @@ class Overlay:
         if st is None:
             return []
         for pid in ids:
-            if pid not in st.pending and is_new(pid):
+            if pid not in st.pending and pid not in st.gave_up and is_new(pid):
                 st.pending[pid] = 0
         while len(st.pending) > self.settings.history:
             st.pending.popitem(last=False)
@@ -189,8 +207,14 @@ class Overlay:
         for pid, asks in list(st.pending.items()):
             if st.want_left <= 0:
                 break
-            if not is_new(pid) or asks >= self.settings.max_asks:
+            if not is_new(pid):
                 del st.pending[pid]
+                continue
+            if asks >= self.settings.max_asks:
+                del st.pending[pid]
+                st.gave_up[pid] = None
+                while len(st.gave_up) > self.settings.history:
+                    st.gave_up.popitem(last=False)
                 continue
             if pid in self._asked:      # asked of someone recently: wait for that answer
                 continue
@@ -202,22 +226,25 @@ class Overlay:
             self._asked.popitem(last=False)
         return [Want(peer, tuple(want))] if want else []
 
-    def on_want(self, peer: bytes, ids: Sequence[bytes], in_cache: Callable[[bytes], bool]) -> list[Action]:
-        """The ids of a peer's request we serve: in our cache, served to it fewer than `max_serves`
-        times, within its budget for this heartbeat. Nothing else, whatever it asks."""
+    def on_want(self, peer: bytes, ids: Sequence[bytes], size_of: Callable[[bytes], int | None]) -> list[Action]:
+        """The ids of a peer's request we serve: in our cache (`size_of` gives the packet's size, None
+        when we do not hold it), served to it fewer than `max_serves` times, within its budgets for
+        this heartbeat (packets and bytes). Nothing else, whatever it asks."""
         st = self._peers.get(peer)
         if st is None:
             return []
         serve: list[bytes] = []
         for pid in ids:
-            if st.serve_left <= 0:
+            if st.serve_left <= 0 or st.serve_bytes_left <= 0:
                 break
             n = st.served.get(pid, 0)
-            if n >= self.settings.max_serves or not in_cache(pid):
+            size = size_of(pid) if n < self.settings.max_serves else None
+            if size is None:
                 continue
             st.served[pid] = n + 1
             st.served.move_to_end(pid)
             st.serve_left -= 1
+            st.serve_bytes_left -= size
             serve.append(pid)
         while len(st.served) > self.settings.history:
             st.served.popitem(last=False)
@@ -241,14 +268,22 @@ class Overlay:
                 self._peers[peer].eager = False
                 out.append(Prune(peer))
         for st in self._peers.values():
-            st.serve_left, st.want_left = s.serve_budget, s.want_budget
+            st.serve_left, st.want_left, st.serve_bytes_left = s.serve_budget, s.want_budget, s.serve_bytes
         expired = self._beat - s.want_timeout
         while self._asked and next(iter(self._asked.values())) <= expired:
             self._asked.popitem(last=False)
-        for peer, st in self._peers.items():
-            if st.backlog and self._beat - st.opened >= BACKLOG_BEATS:
-                out += [Have(peer, chunk) for chunk in _chunks(st.backlog)]
-                st.backlog = ()
+        peers = list(self._peers.items())
+        self._rng.shuffle(peers)        # no peer is always asked first
+        for peer, st in peers:
+            if self._beat - st.opened >= BACKLOG_BEATS:
+                if not st.settled:
+                    st.settled = True
+                    out.append(Settled(peer))
+                if st.backlog:
+                    # a chunk a heartbeat, as much as the peer may ask for in one: it fetches the
+                    # backlog as fast as it is announced, and never holds more of it than it can ask
+                    chunk, st.backlog = st.backlog[:s.want_budget], st.backlog[s.want_budget:]
+                    out.append(Have(peer, tuple(chunk)))
             if st.pending:
                 out += self._ask(peer, st, is_new)
         if self._recent:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 
-from ..identity import IdentityError, NodeIdentity, verify_peer_certificate
+from ..identity import IdentityError, NodeIdentity, check_claimed_name, verify_peer_certificate
 from ..wire.packet import HEADER_LEN, Hello, Kind, Packet
 from ..wire.session import MAX_HELLO_BYTES
 
@@ -194,6 +194,10 @@ class MemberDirectory:
         if info.node_id != origin or info.public_key_bytes != hello.public_key:
             raise MemberRefused("id_mismatch", f"certificate of {info.name!r} is for node {info.node_id.hex()[:16]}, "
                                                f"the hello comes from {origin.hex()[:16]}")
+        try:    # the hello's name is the sender's word; only the certificate's was checked by the CA
+            check_claimed_name(hello.name, info.name)
+        except IdentityError as e:
+            raise MemberRefused(e.reason.value, str(e)) from None
         if known is None and len(self._members) >= self._max:
             raise MemberRefused("directory_full", f"already {self._max} members")
         member = Member(origin, info.name, hello.public_key, packet.raw, packet.packet_id,

@@ -25,6 +25,7 @@ duplicate after it (within the window), while packets published during the downt
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import os
@@ -36,17 +37,26 @@ from pathlib import Path
 
 from ..wire.packet import Packet, set_hop_limit
 
-__all__ = ["DedupCache", "DedupJournal", "Router", "Subscription", "Verdict"]
+__all__ = ["DedupCache", "DedupJournal", "Router", "Subscription", "Verdict", "gossip_id"]
 
 log = logging.getLogger(__name__)
 
 PacketHandler = Callable[[Packet], Awaitable[None] | None]
 
-# One origin's share of the id cache, as a fraction of it: 1/16 of the default 65536 is 4096 ids,
-# 13 packets per second for the whole 300 s window, far above what a worker publishes (a trainer
-# publishes a delta every few seconds), while 16 flooding members together still cannot fill it.
-PER_ORIGIN_SHARE = 16
+# One origin's share of the id cache, as a fraction of it: 1/4 of the default 65536 is 16384 ids, 54
+# packets per second for the whole 300 s window, which is what `origin_rate` (50/s) lets through,
+# and far above what a worker publishes (a trainer sends a delta of a few packets every few seconds).
+# Beyond it an origin's own horizon rises (its late copies are refused); a flood by several members
+# shares the cache fairly (the biggest holder pays).
+PER_ORIGIN_SHARE = 4
 MIN_PER_ORIGIN = 64
+
+
+def gossip_id(origin: bytes, packet_id: bytes) -> bytes:
+    """The id the overlay announces and asks for (SPEC §6.1): a packet id alone is the origin's choice,
+    so a member could publish its own packet under another member's id and have nodes believe they
+    hold that one; bound to the origin, it cannot."""
+    return hashlib.sha256(origin + packet_id).digest()[:16]
 
 
 class Verdict(Enum):
@@ -97,15 +107,16 @@ class DedupCache:
         self.per_origin = per_origin if per_origin is not None else \
             min(capacity, max(capacity // PER_ORIGIN_SHARE, MIN_PER_ORIGIN))
         self._origins: dict[bytes, _OriginIds] = {}
-        self._known: set[bytes] = set()   # every id held, all origins: "have we seen it" without its origin
+        self._known: set[bytes] = set()   # gossip ids of every id held: "have we seen it" for the overlay
         self._expired_at = -1
         self.floor_us = -1              # refuse everything at or below this (a journal that could not be read)
 
     def __len__(self) -> int:
         return len(self._known)
 
-    def knows(self, packet_id: bytes) -> bool:
-        return packet_id in self._known
+    def knows(self, gid: bytes) -> bool:
+        """Whether a packet with this gossip id (`gossip_id`) is remembered."""
+        return gid in self._known
 
     def held_by(self, origin: bytes) -> int:
         o = self._origins.get(origin)
@@ -144,13 +155,13 @@ class DedupCache:
             o = self._origins[origin] = _OriginIds()
         o.ids.add(packet_id)
         heapq.heappush(o.by_time, (timestamp_us, packet_id))
-        self._known.add(packet_id)
+        self._known.add(gossip_id(origin, packet_id))
         if len(o.ids) > self.per_origin:
-            self._known.discard(o.forget_oldest())
+            self._known.discard(gossip_id(origin, o.forget_oldest()))
         while len(self._known) > self.capacity:
             # The origin holding the most pays: a flood ages out the flooder's own ids only.
-            biggest = max(self._origins.values(), key=lambda x: len(x.ids))
-            self._known.discard(biggest.forget_oldest())
+            who, biggest = max(self._origins.items(), key=lambda kv: len(kv[1].ids))
+            self._known.discard(gossip_id(who, biggest.forget_oldest()))
 
     def _expire(self, now_us: int) -> None:
         oldest_ok = now_us - self.window_us
@@ -159,7 +170,7 @@ class DedupCache:
             return
         self._expired_at = now_us
         for origin, o in list(self._origins.items()):
-            self._known.difference_update(o.expire(oldest_ok))
+            self._known.difference_update(gossip_id(origin, x) for x in o.expire(oldest_ok))
             if not o.ids and o.horizon_us < oldest_ok:
                 del self._origins[origin]
 

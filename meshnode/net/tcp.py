@@ -357,8 +357,12 @@ class TlsTransport:
             reason, detail = _classify(e)
             self._refused(reason, address, detail)
             if writer is not None:
-                writer.close()
-            conn.close()
+                # abort, not close: a closing SSL transport keeps the descriptor registered with the loop
+                # while it shuts down, and the next accepted socket, given the same number, then fails
+                # in add_reader ("used by transport") and hangs unrefused.
+                writer.transport.abort()
+            else:
+                conn.close()
             return None
         return TlsStream(reader, writer, info, der, address)
 

@@ -50,11 +50,32 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import FrameError, PacketError, Reason, SessionError, WireError
-from .frames import FRAGMENT_OVERHEAD, FrameDecoder, Reassembler, ReassemblyBudget, encode_frame, iter_fragment_frames
+from .frames import (
+    FRAGMENT_OVERHEAD,
+    FrameDecoder,
+    Reassembler,
+    ReassemblyBudget,
+    encode_frame,
+    iter_fragment_frames,
+)
 from .limits import DEFAULT_LIMITS, Limits
 from .packet import (
-    HEADER_LEN, MAGIC, PROTOCOL_VERSION, Body, Bye, Hello, Kind, Packet, Ping, Pong, Signer, _public_key,
-    decode_packet, encode_packet, node_id_of, verify_packet,
+    HEADER_LEN,
+    MAGIC,
+    PROTOCOL_VERSION,
+    Body,
+    Bye,
+    Hello,
+    Kind,
+    Packet,
+    Ping,
+    Pong,
+    Signer,
+    _public_key,
+    decode_packet,
+    encode_packet,
+    node_id_of,
+    verify_packet,
 )
 
 __all__ = [

@@ -21,9 +21,8 @@ import json
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..control import ControlError, check_classify_texts
+from ..display import safe_text
 from ..hdc.delta import FUSED_NAME, Codec, DeltaCompressor, Float32Codec, codec_by_name
 from ..wire.packet import Delta, Packet, Signer, encode_packet
 from .base import TaskWorker, WorkerContext, WorkerSettingsError
@@ -498,7 +498,7 @@ class TrainerWorker(TaskWorker):
                               "time_us": self.ctx.clock.wall_us()}
         if first:   # a peer refused every hello would otherwise fill the log
             self.ctx.logger.warning("trainer %s: refused a message from %s: %s: %s", self.name, origin.hex()[:16],
-                                    err.code, err.detail)
+                                    err.code, safe_text(err.detail))
 
     def _on_packet(self, packet: Packet) -> None:
         body, origin = packet.body, packet.origin

@@ -37,6 +37,7 @@ import numpy as np
 from ..atomic import write_atomic
 from ..control import MAX_CLASSIFY_CHARS, MAX_CLASSIFY_TEXTS, ControlError, check_classify_texts
 from ..data import LabeledTexts
+from ..display import safe_text
 from ..hdc.knowledge import LinearKnowledge, PredictionKnowledge, PrototypeKnowledge
 from ..hdc.space import Space
 from ..wire.packet import Knowledge, Packet, Vectors
@@ -241,7 +242,8 @@ class TransferWorker(TaskWorker):
         while len(self._logged) > _LOGGED_MAX:
             del self._logged[next(iter(self._logged))]
         self.ctx.logger.warning("transfer %s: refused a message from %s: %s: %s (further ones from it for this "
-                                "reason are only counted)", self.name, origin.hex()[:16], err.code, err.detail)
+                                "reason are only counted)", self.name, origin.hex()[:16], err.code,
+                                safe_text(err.detail))
 
     def _remember_done(self, key: tuple[bytes, bytes]) -> None:
         self._done.pop(key, None)

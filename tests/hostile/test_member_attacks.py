@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from meshnode import identity as idm
-from meshnode.control import query
 from meshnode.net.tcp import TlsTransport
 from meshnode.node import Node
 from meshnode.wire.packet import Hello, Signer, VectorBlock, Vectors, encode_packet

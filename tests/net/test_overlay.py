@@ -8,7 +8,7 @@ import random
 import pytest
 
 from meshnode.net.message_cache import MessageCache
-from meshnode.net.overlay import Graft, Have, Overlay, OverlaySettings, Prune, Serve, Want
+from meshnode.net.overlay import Graft, Have, Overlay, OverlaySettings, Prune, Serve, Settled, Want
 
 S = 1_000_000
 NOW = 1_800_000_000 * S
@@ -72,14 +72,59 @@ def test_new_ids_are_announced_to_lazy_links_only():
     assert [a for a in ov.heartbeat() if isinstance(a, Have)] == []     # said once
 
 
-def test_a_link_that_opens_gets_every_cached_id_once_it_has_settled():
-    ov = Overlay(rng=random.Random(1))
+def test_a_link_that_opens_gets_every_cached_id_once_it_has_settled_a_chunk_a_heartbeat():
+    ov = Overlay(OverlaySettings(want_budget=100), rng=random.Random(1))
     acts = ov.link_opened(peer(1), [pid(i) for i in range(2500)])
     assert [a for a in acts if isinstance(a, Have)] == []
     assert [a for a in ov.heartbeat() if isinstance(a, Have)] == []
-    haves = [a for a in ov.heartbeat() if isinstance(a, Have)]
-    assert [a for a in ov.heartbeat() if isinstance(a, Have)] == []
-    assert sum(len(a.ids) for a in haves) == 2500 and all(len(a.ids) <= 1024 for a in haves)
+    first = ov.heartbeat()
+    assert Settled(peer(1)) in first
+    got = [i for a in first if isinstance(a, Have) for i in a.ids]
+    for _ in range(30):
+        got += [i for a in ov.heartbeat() if isinstance(a, Have) for i in a.ids]
+    assert got == [pid(i) for i in range(2500)]
+    assert all(len(a.ids) <= 100 for a in first if isinstance(a, Have))
+
+
+def test_anti_entropy_of_a_backlog_larger_than_the_history_is_fetched_whole():
+    """A link opening after a long partition: 10,000 cached ids (more than `history`) all cross."""
+    s = OverlaySettings(want_budget=128, history=4096)
+    sender, receiver = Overlay(s, rng=random.Random(1)), Overlay(s, rng=random.Random(2))
+    a, b = peer(1), peer(2)
+    sender.link_opened(b, [pid(i) for i in range(10_000)])
+    receiver.link_opened(a, [])
+    got: set[bytes] = set()
+    is_new = lambda p: p not in got  # noqa: E731
+    for _ in range(200):
+        for act in sender.heartbeat():
+            if isinstance(act, Have):
+                for w in receiver.on_have(a, act.ids, is_new):
+                    got.update(w.ids)            # served at once
+        for w in receiver.heartbeat(is_new):
+            if isinstance(w, Want):
+                got.update(w.ids)
+    assert len(got) == 10_000
+
+
+def test_a_peer_that_announces_and_never_serves_does_not_starve_an_honest_one():
+    s = OverlaySettings(want_budget=8, max_asks=2, want_timeout=1)
+    ov = Overlay(s, rng=random.Random(3))
+    liar, honest = peer(1), peer(2)
+    ov.link_opened(liar, [])
+    ov.link_opened(honest, [])
+    ids = [pid(i) for i in range(8)]
+    got: set[bytes] = set()
+    is_new = lambda p: p not in got  # noqa: E731
+    asked_honest = 0
+    for _ in range(40):
+        ov.on_have(liar, ids, is_new)          # the liar announces every beat, serves nothing
+        for w in ov.on_have(honest, ids, is_new) + ov.heartbeat(is_new):
+            if isinstance(w, Want) and w.peer == honest:
+                asked_honest += 1
+                got.update(w.ids)
+        if got >= set(ids):
+            break
+    assert got == set(ids) and asked_honest >= 1
 
 
 def test_have_asks_only_for_new_ids_within_budget_and_the_rest_at_the_next_heartbeats():
@@ -122,12 +167,12 @@ def test_want_serves_only_cached_ids_a_bounded_number_of_times():
     """A peer's `want` cannot make us send anything we do not hold, nor one id without end."""
     ov = Overlay(OverlaySettings(max_serves=2, serve_budget=100), rng=random.Random(1))
     ov.link_opened(peer(1), [])
-    cache = {pid(1)}
-    assert ov.on_want(peer(1), [pid(1), pid(9)], cache.__contains__) == [Serve(peer(1), (pid(1),))]
-    assert ov.on_want(peer(1), [pid(1)], cache.__contains__) == [Serve(peer(1), (pid(1),))]
-    assert ov.on_want(peer(1), [pid(1)] * 50, cache.__contains__) == []
+    cache = {pid(1): 100}
+    assert ov.on_want(peer(1), [pid(1), pid(9)], cache.get) == [Serve(peer(1), (pid(1),))]
+    assert ov.on_want(peer(1), [pid(1)], cache.get) == [Serve(peer(1), (pid(1),))]
+    assert ov.on_want(peer(1), [pid(1)] * 50, cache.get) == []
     # a peer we have no gossip link with gets nothing at all
-    assert ov.on_want(peer(5), [pid(1)], cache.__contains__) == []
+    assert ov.on_want(peer(5), [pid(1)], cache.get) == []
     assert ov.on_have(peer(5), [pid(2)], lambda p: True) == []
 
 
@@ -135,10 +180,19 @@ def test_want_budget_per_heartbeat():
     ov = Overlay(OverlaySettings(serve_budget=5), rng=random.Random(1))
     ov.link_opened(peer(1), [])
     ids = [pid(i) for i in range(20)]
-    (serve,) = ov.on_want(peer(1), ids, lambda p: True)
-    assert len(serve.ids) == 5 and ov.on_want(peer(1), ids, lambda p: True) == []
+    (serve,) = ov.on_want(peer(1), ids, lambda p: 10)
+    assert len(serve.ids) == 5 and ov.on_want(peer(1), ids, lambda p: 10) == []
     ov.heartbeat()
-    assert len(ov.on_want(peer(1), ids[5:], lambda p: True)[0].ids) == 5
+    assert len(ov.on_want(peer(1), ids[5:], lambda p: 10)[0].ids) == 5
+
+
+def test_want_is_bounded_in_bytes_too():
+    """One 16-byte request must not buy megabytes without end: packets served per heartbeat stop at
+    `serve_bytes` (at least one packet goes)."""
+    ov = Overlay(OverlaySettings(serve_budget=100, serve_bytes=5 << 20), rng=random.Random(1))
+    ov.link_opened(peer(1), [])
+    (serve,) = ov.on_want(peer(1), [pid(i) for i in range(20)], lambda p: 2 << 20)
+    assert len(serve.ids) == 3
 
 
 def test_the_message_cache_is_bounded_per_origin_and_in_all_and_by_age():

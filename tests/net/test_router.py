@@ -207,3 +207,26 @@ def test_backoff_doubles_with_jitter_and_is_capped():
     assert b.next() <= 0.5
     assert [Backoff(0.5, 4, random.Random(7)).next() for _ in range(2)] == \
         [Backoff(0.5, 4, random.Random(7)).next()] * 2         # seeded: reproducible
+
+
+def test_gossip_ids_bind_the_packet_id_to_its_origin():
+    """A member cannot claim another member's packet id in the overlay: the id announced and asked for
+    is derived from (origin, packet id), so its own packet under that id is a different gossip id."""
+    from meshnode.net.router import gossip_id
+
+    d = DedupCache(capacity=100, window_s=300)
+    p = b"p" * 16
+    assert d.check(A, p, NOW, NOW) is Verdict.NEW          # the attacker's packet with B's id
+    assert d.knows(gossip_id(A, p)) and not d.knows(gossip_id(B, p))
+    assert d.check(B, p, NOW, NOW) is Verdict.NEW          # B's own is still new, and pullable
+    assert d.knows(gossip_id(B, p))
+
+
+def test_peer_exchange_addresses_are_checked():
+    from meshnode.node import _dialable
+
+    assert _dialable("192.0.2.7", allow_loopback=False) and _dialable("node-7.lan", allow_loopback=False)
+    assert not _dialable("0.0.0.0", allow_loopback=True) and not _dialable("[::]", allow_loopback=True)
+    assert not _dialable("224.0.0.251", allow_loopback=False)
+    assert not _dialable("127.0.0.1", allow_loopback=False) and _dialable("127.0.0.1", allow_loopback=True)
+    assert not _dialable("localhost", allow_loopback=False)

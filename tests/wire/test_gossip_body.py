@@ -6,7 +6,15 @@ import msgpack
 import pytest
 
 from meshnode.wire.errors import PacketError, Reason
-from meshnode.wire.packet import MAX_GOSSIP_IDS, MAX_GOSSIP_PEERS, Gossip, Kind, Signer, decode_packet, encode_packet
+from meshnode.wire.packet import (
+    MAX_GOSSIP_IDS,
+    MAX_GOSSIP_PEERS,
+    Gossip,
+    Kind,
+    Signer,
+    decode_packet,
+    encode_packet,
+)
 
 SIGNER = Signer.from_seed(bytes(32))
 
