@@ -9,8 +9,9 @@ The design follows gossipsub v1.1's mesh, reduced to one overlay for every topic
   link see it the same way. A heartbeat re-balances: below the low watermark it grafts random lazy
   links, above the high one it prunes random eager links back to `degree`.
 - The other links are *lazy*: each heartbeat, the ids seen since the last one are announced (`have`)
-  to up to `lazy_degree` random lazy links, which ask (`want`) for what they have not seen and get it
-  from the sender's message cache. A lost eager push is repaired the same way.
+  to up to `lazy_degree` random lazy links (and to every eager link, so that a failed push is
+  repaired too), which ask (`want`) for what they have not seen and get it from the sender's message
+  cache.
 - When a link opens, each side announces every id in its message cache (anti-entropy: from two
   heartbeats later, once the members' hellos are across, `want_budget` ids a heartbeat), so packets
   published on one side of a partition, or while a node was down, cross once the link is back.
@@ -290,6 +291,9 @@ class Overlay:
             recent = list(self._recent)
             self._recent.clear()
             lazy = self.lazy
-            for peer in self._rng.sample(lazy, min(len(lazy), s.lazy_degree)):
+            # Eager links too: a push can fail where an announcement still gets through (the packet's
+            # origin not yet known to a peer that just restarted, a full queue), and 16 bytes an id is
+            # little next to the packet. Lazy links: a sample, as gossipsub does.
+            for peer in self.eager + self._rng.sample(lazy, min(len(lazy), s.lazy_degree)):
                 out += [Have(peer, chunk) for chunk in _chunks(recent)]
         return out
