@@ -3,11 +3,29 @@ each kind, and the hypothesis settings they use (explicit, so other test files k
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 from hypothesis import HealthCheck, settings
 
 from meshnode.wire.packet import (
-    Ack, Bye, Delta, DeltaTensor, Hello, Knowledge, Nack, Ping, Pong, Signer, Tensor, VectorBlock, Vectors,
+    Ack,
+    Bye,
+    Delta,
+    DeltaTensor,
+    Hello,
+    Knowledge,
+    Nack,
+    Ping,
+    Pong,
+    Signer,
+    Tensor,
+    VectorBlock,
+    Vectors,
 )
 
 # derandomize: the same examples on every run (deterministic CI); moderate counts (2 shared cores).
@@ -51,3 +69,19 @@ def sample_bodies(signer: Signer) -> list[object]:
         Nack(ref=bytes(16), reason="nope", detail="because"),
         Bye(reason="shutdown", detail="bye"),
     ]
+
+
+PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
+
+
+@functools.cache
+def vector_generator() -> tuple[ModuleType, dict[str, bytes], dict[str, bytes]]:
+    """protocol/make_vectors.py as a module, and what it builds (valid, malformed): loaded and built
+    once for every test module that compares against it."""
+    spec = importlib.util.spec_from_file_location("make_vectors", PROTOCOL / "make_vectors.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_vectors", module)
+    spec.loader.exec_module(module)
+    valid, malformed = module.build()
+    return module, valid, malformed

@@ -4,11 +4,6 @@ golden-vector generator, which builds them with textbook curve arithmetic."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -17,21 +12,10 @@ from meshnode.wire import packet as packet_mod
 from meshnode.wire.errors import PacketError, Reason
 from meshnode.wire.packet import Hello, Ping, Signer, decode_packet, encode_packet, verify_packet
 
-PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
+from ._support import vector_generator
 
-
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_vectors", PROTOCOL / "make_vectors.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_vectors", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen, VALID, MALFORMED = vector_generator()
 ED = gen.Ed25519
-VALID, MALFORMED = gen.build()
 GOLDEN = Signer.from_seed(gen.SEED)
 
 # what OpenSSL alone (cryptography's verify) does with each edge case, measured; SPEC §2 states it

@@ -4,13 +4,10 @@ and through the CLI."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -21,21 +18,12 @@ from meshnode.cli import main as cli
 from meshnode.inspect import InspectError, TrustStore, format_for_name, inspect_bytes
 from meshnode.wire.packet import VectorBlock, decode_packet
 
-PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
+from ._support import PROTOCOL, vector_generator
+
 VECTORS = PROTOCOL / "vectors"
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_vectors", PROTOCOL / "make_vectors.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_vectors", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
-VALID, MALFORMED = gen.build()
+gen, VALID, MALFORMED = vector_generator()
 INPUTS = sorted({**VALID, **MALFORMED})
 
 # The reason and the byte offset (SPEC §2, "Offsets"; Appendix A; docs/INSPECT.md for hex) each
