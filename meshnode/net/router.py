@@ -181,8 +181,25 @@ class DedupCache:
                 if pid in o.ids:
                     yield origin, pid, ts
 
+    def horizons(self) -> Iterator[tuple[bytes, int]]:
+        """(origin, stale horizon) of every origin that has one."""
+        for origin, o in self._origins.items():
+            if o.horizon_us >= 0:
+                yield origin, o.horizon_us
+
+    def raise_horizon(self, origin: bytes, horizon_us: int) -> None:
+        o = self._origins.get(origin)
+        if o is None:
+            o = self._origins[origin] = _OriginIds()
+        o.horizon_us = max(o.horizon_us, horizon_us)
+
 
 _RECORD = struct.Struct("<32s16sq")
+# A record whose packet id is this carries an origin's stale horizon instead of an id: a rewrite keeps
+# only the ids still held, and without it the ids an origin's own flood pushed out would be accepted
+# again after a restart. (A real packet id is 128 random bits: this one is never chosen by chance, and
+# a member that chooses it only raises its own horizon.)
+_HORIZON = b"\xff" * 16
 
 
 class DedupJournal:
@@ -216,7 +233,10 @@ class DedupJournal:
         usable = len(data) - len(data) % _RECORD.size
         oldest_ok = now_us - self._cache.window_us
         for origin, pid, ts in _RECORD.iter_unpack(memoryview(data)[:usable]):
-            if ts >= oldest_ok and self._cache.check(origin, pid, ts, now_us) is Verdict.NEW:
+            if pid == _HORIZON:
+                if ts >= oldest_ok:
+                    self._cache.raise_horizon(origin, ts)
+            elif ts >= oldest_ok and self._cache.check(origin, pid, ts, now_us) is Verdict.NEW:
                 restored += 1
         self._rewrite()
         return restored
@@ -241,6 +261,9 @@ class DedupJournal:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 n = 0
+                for origin, horizon in self._cache.horizons():
+                    f.write(_RECORD.pack(origin, _HORIZON, horizon))
+                    n += 1
                 for origin, pid, ts in self._cache.entries():
                     f.write(_RECORD.pack(origin, pid, ts))
                     n += 1

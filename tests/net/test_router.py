@@ -230,3 +230,24 @@ def test_peer_exchange_addresses_are_checked():
     assert not _dialable("224.0.0.251", allow_loopback=False)
     assert not _dialable("127.0.0.1", allow_loopback=False) and _dialable("127.0.0.1", allow_loopback=True)
     assert not _dialable("localhost", allow_loopback=False)
+
+
+def test_an_origins_horizon_survives_a_journal_rewrite_and_a_restart(tmp_path):
+    """Ids an origin's own flood pushed out of the cache are refused as stale, before a restart and
+    after it, even once the journal was rewritten with only the ids still held."""
+    j = tmp_path / "replay.journal"
+    r = Router(dedup_capacity=100, dedup_window_s=300)
+    r.dedup.per_origin = 5
+    r.open_journal(j, NOW)
+    for i in range(201):     # the 201st record rewrites the journal (> 2 x 100): it then holds the 5 kept ids
+        r.remember(A, i.to_bytes(16, "big"), NOW + i, NOW + i)
+    pushed_out = (0).to_bytes(16, "big")
+    assert r.dedup.check(A, pushed_out, NOW, NOW + 300) is Verdict.STALE
+    r.close()
+    r2 = Router(dedup_capacity=100, dedup_window_s=300)
+    r2.dedup.per_origin = 5
+    r2.open_journal(j, NOW + 400)
+    assert r2.dedup.check(A, pushed_out, NOW, NOW + 400) is Verdict.STALE        # still refused
+    assert r2.dedup.check(A, (150).to_bytes(16, "big"), NOW + 150, NOW + 400) is Verdict.STALE
+    assert r2.dedup.check(B, pushed_out, NOW + 200, NOW + 400) is Verdict.NEW      # B has no horizon
+    r2.close()
