@@ -298,6 +298,14 @@ SCHEMA: dict[str, dict[str, Setting]] = {
                               "is remembered that much longer, so a member could otherwise fill the replay cache "
                               "with ids that never age. Keep clocks in sync (NTP) to well within this.",
                               _positive),
+        "max_handshakes": Setting(Kind.INT, 64, "TLS handshakes in progress at once, all sources together; past "
+                                  "half of it new connections are dropped at random (`refused.early_drop`), at "
+                                  "it all are (`refused.busy`).", _positive),
+        "max_handshakes_per_source": Setting(Kind.INT, 8, "TLS handshakes in progress from one IPv4 address or "
+                                             "IPv6 /64 (`refused.busy_source`); raise it for many nodes behind "
+                                             "one NAT that dial this node at once.", _positive),
+        "silent_timeout": Setting(Kind.FLOAT, 3.0, "Seconds a new connection may stay silent before it is closed "
+                                  "(`refused.silent`); the whole handshake has 10 s.", _positive),
         "overlay": Setting(Kind.BOOL, True, "Gossip over a bounded-degree overlay: packets are pushed on "
                            "`overlay_degree` links and announced by id on the others, which pull what they miss; "
                            "static peers and mDNS results are candidates, dialled until `overlay_degree` links are "
@@ -380,6 +388,9 @@ class LimitsConfig:
     dedup_cache: int
     dedup_window: float
     clock_skew: float
+    max_handshakes: int
+    max_handshakes_per_source: int
+    silent_timeout: float
     overlay: bool
     overlay_degree: int
     message_cache_bytes: int

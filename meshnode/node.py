@@ -164,7 +164,10 @@ class Node:
         self._dials_pending: set[object] = set()   # candidates being dialled (TCP/TLS not yet up)
         self._listen_ports: dict[bytes, int] = {}     # peer -> the port its hello says it listens on
         if transport is None:
-            transport = TlsTransport(identity, now=lambda: self.clock.wall_us() / 1e6)
+            transport = TlsTransport(identity, now=lambda: self.clock.wall_us() / 1e6,
+                                     max_handshakes=lim.max_handshakes,
+                                     max_handshakes_per_source=lim.max_handshakes_per_source,
+                                     silent_timeout=lim.silent_timeout)
         if hasattr(transport, "on_refused") and getattr(transport, "on_refused") is None:
             transport.on_refused = self._on_refused  # type: ignore[attr-defined]
         self._transport = transport

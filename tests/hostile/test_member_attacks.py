@@ -244,3 +244,9 @@ async def test_a_replayed_or_stale_packet_is_refused_after_anti_entropy(mesh, tm
         await wait_for(lambda: a.counters().get("dropped.stale", 0) >= 1, "the stale packet refused")
         assert len(got) == 1
         evil.close()
+
+
+def test_the_handshake_limits_are_configurable(mesh, tmp_path) -> None:
+    a = make(mesh, tmp_path, "a", 15, max_handshakes=20, max_handshakes_per_source=3, silent_timeout=1.5)
+    adm = a._transport.admission
+    assert (adm.max_total, adm.per_source, a._transport.silent_timeout) == (20, 3, 1.5)
