@@ -12,7 +12,8 @@ not speak gossip); lazy links get its id at the next heartbeat. A packet we publ
 remembered as seen and pushed the same way.
 
 Whom we link to. Static peers, mDNS results and addresses from peer exchange are candidates; the
-link manager dials random ones while fewer than `overlay_degree` links are open (`_manage_links`).
+link manager dials random ones while fewer than `overlay_degree` links are open, every one with the
+overlay off (`_manage_links`).
 
 One link per pair: when a second link to the same node opens, the one dialled by the node with the
 smaller node id is kept; if both were dialled by the same node the newer is kept (the dialler only
@@ -503,11 +504,15 @@ class Node:
             self._manage_links()
 
     def _manage_links(self) -> None:
-        """Dial random candidates while fewer than `overlay_degree` links are open or being dialled."""
-        if self._overlay is None or self._state not in ("starting", "running"):
+        """Dial random candidates while fewer than `overlay_degree` links are open or being dialled; every
+        candidate without the overlay (each one a dialler of its own, as before the overlay)."""
+        if self._state not in ("starting", "running"):
             return
-        handshaking = sum(1 for link in self._running if link.outbound and link.state is LinkState.HANDSHAKE)
-        room = self.config.limits.overlay_degree - len(self._links) - len(self._dials_pending) - handshaking
+        if self._overlay is None:
+            room = len(self._candidates)
+        else:
+            handshaking = sum(1 for link in self._running if link.outbound and link.state is LinkState.HANDSHAKE)
+            room = self.config.limits.overlay_degree - len(self._links) - len(self._dials_pending) - handshaking
         if room <= 0:
             return
         now = self.clock.monotonic()
@@ -936,58 +941,12 @@ class Node:
                       initial_delay: float) -> None:
         if key in self._dialers or self._state in ("stopping", "stopped"):
             return
-        if self._overlay is not None:
-            self._add_candidate(key, host, port, expected, delay=initial_delay)
-            return
-        task = asyncio.get_running_loop().create_task(self._dial_loop(key, host, port, expected, initial_delay),
-                                                      name=f"dial:{host}:{port}")
-        self._dialers[key] = task
-        task.add_done_callback(lambda t, k=key: self._dialers.pop(k, None) if self._dialers.get(k) is t else None)
+        self._add_candidate(key, host, port, expected, delay=initial_delay)
 
     async def connect(self, host: str, port: int) -> None:
         """Dial host:port now and run the link in the background; raises TransportError if the dial fails."""
         stream = await self._transport.connect(host, port, timeout=DIAL_TIMEOUT)
         self._spawn(self._run_link(stream, outbound=True), f"link:{host}:{port}")
-
-    async def _dial_loop(self, key: object, host: str, port: int, expected: bytes | None,
-                         initial_delay: float) -> None:
-        backoff = Backoff(self.config.discovery.reconnect_min, self.config.discovery.reconnect_max, self._rng)
-        if initial_delay > 0:
-            await self.clock.sleep(initial_delay)
-        failures = 0   # in a row, to say when the peer is reachable again
-        while True:
-            target = expected or self._static_ids.get(key)
-            if target is not None and (target in self._links or target in self._dialing):
-                closed = self._link_closed
-                await closed.wait()
-                continue
-            if target is not None:
-                self._dialing.add(target)
-            try:
-                stream = await self._transport.connect(host, port, timeout=DIAL_TIMEOUT)
-            except TransportError as e:
-                self.metrics.inc("dial.failed")
-                failures += 1
-                self._dial_failed(key, host, port, e)
-                stream = None
-            finally:
-                if target is not None:
-                    self._dialing.discard(target)
-            opened = False
-            if stream is not None:
-                if failures:
-                    log.info("reached %s at %s after %d failed dials", _dial_label(key), _address(host, port),
-                             failures)
-                    failures = 0
-                    self._log_limit.forget(("dial", key))
-                self._static_ids[key] = stream.peer_node_id
-                if stream.peer_node_id in self._links:   # reached by another way meanwhile
-                    stream.close()
-                    continue
-                opened = await self._run_link(stream, outbound=True, expected=expected)
-            if opened:
-                backoff.reset()
-            await self.clock.sleep(backoff.next())
 
     def _dial_failed(self, key: object, host: str, port: int, error: TransportError) -> None:
         hints = getattr(self._discovery, "hints", None)
@@ -1002,9 +961,7 @@ class Node:
             dial = hints.failed(node_id, (host, port), self.clock.monotonic())
             if dial is not None:
                 task = self._dialers.pop(key, None)
-                candidates = getattr(self, "_candidates", None)
-                if isinstance(candidates, dict):
-                    candidates.pop(key, None)
+                self._candidates.pop(key, None)
                 if task is not None:
                     task.cancel()          # it is not running a link: it just failed to make one
                 self._start_dialer(key, dial.host, dial.port, node_id, initial_delay=dial.delay)
