@@ -230,7 +230,11 @@ def frozen_baselines(fleet: Fleet, seed: int) -> dict[str, Any]:
     from meshnode.workers.transfer_settings import SETTINGS
 
     data = fleet.data
-    student = worker(data, "s1", "learn")
+    # The student's space; its eval set and sample size are the learner's when it has none of its own
+    # (a learner's student keeps no frozen route: docs/WORKERS.md).
+    learner = worker(data, "s1", "lora")
+    student = {"eval_data": learner["eval_data"], "max_eval": learner.get("max_eval", SETTINGS["max_eval"].default),
+               **worker(data, "s1", "learn")}
     setting = lambda key: student.get(key, SETTINGS[key].default)  # noqa: E731  (the student's space)
     tau = setting("tau")
     space = Space(seed=setting("space_seed"), dim=setting("dim"), version=setting("space_version"))
@@ -287,12 +291,16 @@ def lora_gold_anchors(fleet: Fleet, data: dict[str, Any], seed: int, workdir: Pa
     (d / "labels.json").write_text(json.dumps(classes))
     with open(d / "train.jsonl", "w") as f:
         f.writelines(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(anchors, labels))
-    cfg = trainer_cfg(settings, train_data=str(d), seed=seed, max_eval=100_000, threads=2)
+    # One model draws the rows of both learners: their schedule (warmup, decay) stretched to that many steps.
+    cfg = trainer_cfg(settings, train_data=str(d), seed=seed, max_eval=100_000, threads=2,
+                      rounds=settings["rounds"] * len(LEARNERS),
+                      warmup_rounds=settings.get("warmup_rounds", 0) * len(LEARNERS))
     model = LoraModel(cfg, node_id=f"gold-anchors-{seed}".encode().ljust(32, b"\0"))
-    steps = settings["rounds"] * settings["steps_per_round"] * len(LEARNERS)
-    log(f"  (iii) SmolLM2 LoRA on {len(anchors)} gold-labelled anchors, {steps} steps of {cfg.batch_size}")
+    steps = cfg.rounds * cfg.steps_per_round
+    log(f"  (iii) SmolLM2 LoRA on {len(anchors)} gold-labelled anchors, {steps} steps of {cfg.batch_size} "
+        f"({cfg.lr_schedule} rate, {cfg.warmup_rounds} warmup rounds)")
     for done in range(0, steps, 16):
-        model.train(min(16, steps - done))
+        model.train(min(16, steps - done), first_step=done)
     assert model.eval_data is not None
     probs = model.predict(list(model.eval_data.texts))
     return (probs.argmax(1) == model.eval_data.labels).astype(np.int8)
@@ -314,9 +322,10 @@ def node_record(report: dict[str, Any], name: str, role: str, final: float) -> d
 
 
 def run_seed(fleet: Fleet, seed: int, scale: float, reuse: Path | None = None) -> dict[str, Any]:
-    """One seed; `reuse`: the record of another run of the same task and seed whose trainer-independent
-    baselines (i)-(iii) are taken instead of recomputed (they do not depend on the trainers' settings);
-    when that run is still going, this one waits for its record (at most an hour)."""
+    """One seed; `reuse`: the record of another run of the same task and seed whose frozen baselines
+    (i) and (ii) are taken instead of recomputed (they depend on neither the trainers' nor the learners'
+    settings; (iii) does, and is always trained); when that run is still going, this one waits for its
+    record (at most an hour)."""
     data = fleet.data
     out: dict[str, Any] = {"task": fleet.task, "seed": seed, "scale": scale}
     with tempfile.TemporaryDirectory(prefix="mlearn-") as tmp:
@@ -339,7 +348,7 @@ def run_seed(fleet: Fleet, seed: int, scale: float, reuse: Path | None = None) -
         a_ok, _ = final_eval(worker(data, "m1", "lora"), [ckpt("alone", n) for n in TRAINERS])
         log(f"  trainers alone {a_ok.mean():.3f}")
         if reuse is not None:
-            log(f"seed {seed}: (i)-(iii) taken from {reuse.name}")
+            log(f"seed {seed}: (i), (ii) taken from {reuse.name}")
             deadline = time.monotonic() + 3600
             while time.monotonic() < deadline and not (reuse.exists() and "frozen_teacher_picked" in
                                                        json.loads(reuse.read_text())):
@@ -348,7 +357,8 @@ def run_seed(fleet: Fleet, seed: int, scale: float, reuse: Path | None = None) -
             frozen = {k: np.array(prior["correct"][k], dtype=np.int8) for k in
                       ("student_frozen_soft", "student_frozen_soft_pooled", "student_ceiling")}
             frozen["frozen_teacher_picked"] = prior["frozen_teacher_picked"]
-            g_ok = np.array(prior["correct"]["student_lora_gold_anchors"], dtype=np.int8)
+            # (iii) trains with the learners' settings (rounds, rate, schedule): never taken from another run
+            g_ok = lora_gold_anchors(fleet, with_seed(data, seed, None, scale), seed, work)
         else:
             log(f"seed {seed}: (i), (ii) frozen baselines")
             frozen = frozen_baselines(fleet, seed)
@@ -478,7 +488,7 @@ def main() -> None:
     ap.add_argument("--balance", choices=("none", "logit-adjust"), default=None,
                     help="set the labelled trainers' `balance` (default: the scenario's)")
     ap.add_argument("--reuse-baselines", metavar="TAG", default=None,
-                    help="take (i)-(iii) from the finished seeds of run TAG ('' for the default run)")
+                    help="take (i) and (ii) from the finished seeds of run TAG ('' for the default run)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None, help="PNG of the curves (default: beside --out's JSON)")
     args = ap.parse_args()

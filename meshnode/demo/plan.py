@@ -50,6 +50,8 @@ class Sizes:
     eval_every: int           # trainer rounds between evals
     publish_every: int        # trainer rounds between two teacher versions
     learner_eval_every: int = 4   # a SmolLM2 eval costs as much as ~60 of its training rows: less often
+    learner_lr_schedule: str = "constant"
+    learner_warmup_rounds: int = 0
     lora_rank: int = 8
     # timing of the protocol (seconds): short on one machine, where every message arrives at once
     hello_interval: float = 1.0
@@ -69,10 +71,13 @@ class Sizes:
 
 # Sized so that the whole demo ends in about 4-5 minutes on a 2-core laptop CPU once the models are
 # installed (docs/QUICKSTART.md has the measured figures); FULL is the knowledge-loop scenario's size.
+# The learners' rate (3e-3 peak, 2 warmup rounds, linear decay) was chosen on 300 held-out SST-2 *train*
+# sentences with a fixed teacher, between 3e-3 and 5e-3 (never on the dev rows the demo reports).
 DEFAULT = Sizes(name="default", labelled_rows=1000, anchors=300, eval_rows=200,
                 trainer_rounds=8, trainer_steps=8, trainer_batch=16, trainer_lr=2e-3,
-                learner_rounds=12, learner_steps=8, learner_batch=8, learner_lr=1e-3,
-                max_length=40, eval_every=2, publish_every=2, learner_eval_every=4)
+                learner_rounds=10, learner_steps=8, learner_batch=8, learner_lr=3e-3,
+                max_length=40, eval_every=4, publish_every=2, learner_eval_every=5,
+                learner_lr_schedule="linear", learner_warmup_rounds=2)
 FULL = Sizes(name="full", labelled_rows=1000, anchors=500, eval_rows=300,
              trainer_rounds=10, trainer_steps=10, trainer_batch=16, trainer_lr=1e-3,
              learner_rounds=12, learner_steps=8, learner_batch=8, learner_lr=1e-3,
@@ -121,7 +126,8 @@ class DemoPlan:
         return {
             "task": self.task, "model": self.models["learner"], "eval_data": "data/eval", "max_eval": z.eval_rows,
             "eval_every": z.learner_eval_every, "lora_rank": z.lora_rank, "max_length": z.max_length,
-            "batch_size": z.learner_batch, "lr": z.learner_lr, "steps_per_round": z.learner_steps,
+            "batch_size": z.learner_batch, "lr": z.learner_lr, "lr_schedule": z.learner_lr_schedule,
+            "warmup_rounds": z.learner_warmup_rounds, "steps_per_round": z.learner_steps,
             "rounds": z.learner_rounds, "min_peers": 1, "round_deadline": z.round_deadline,
             "hello_interval": z.hello_interval, "member_timeout": 2 * z.round_deadline, "threads": self.threads,
             **({"join_wait": z.join_wait} if z.join_wait is not None else {}),

@@ -414,7 +414,7 @@ class TrainerWorker(TaskWorker):
             rows, self._pending_rows = self._pending_rows, None
             if rows is not None:
                 self._model.set_targets(rows.texts, rows.targets)
-            return self._model.train(steps)
+            return self._model.train(steps, first_step=self._pos.round * self.cfg.steps_per_round)
 
     def _compress(self, r: int, loss: float) -> tuple[list[Delta], dict[str, np.ndarray], float]:
         """Blocking: this round's delta bodies, what every receiver decodes from them, and the

@@ -192,18 +192,22 @@ class LoraModel:
             return self.train_data.texts[i], int(self.train_data.labels[i]), None
         return self.taught_texts[i - n], None, self.taught_targets[i - n]
 
-    def train(self, steps: int) -> float:
+    def train(self, steps: int, first_step: int = 0) -> float:
         """`steps` AdamW steps on shuffled batches of every row this node has; the mean training loss.
         A batch of labelled rows only is plain cross-entropy (as transformers computes it); a batch
-        with taught rows is cross-entropy against soft targets, a taught row weighted `anchor_weight`."""
+        with taught rows is cross-entropy against soft targets, a taught row weighted `anchor_weight`.
+        `first_step` is the group's step count (round x steps_per_round), which sets the rate under
+        `lr_schedule` / `warmup_rounds`."""
         torch, bs = self.torch, self.cfg.batch_size
         total = self.rows
         if total == 0:
             raise ValueError("no rows to train on: no train_data and nothing taught yet")
         losses = []
-        for _ in range(steps):
+        for i in range(steps):
             if self.interrupt.is_set():
                 break
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr_at(first_step + i)
             if len(self.order) < min(bs, total):
                 self.order = [int(i) for i in self.rng.permutation(total)]
             take, self.order = self.order[:bs], self.order[bs:]

@@ -50,7 +50,13 @@ SETTINGS: dict[str, _Key] = {
     "lora_alpha": _Key((int, float), 16, "LoRA alpha (scaling alpha / r)."),
     "lora_targets": _Key((list,), None, "Module names LoRA adapts (default: peft's choice for the architecture, "
                          "e.g. query/value for BERT)."),
-    "lr": _Key((int, float), 1e-3, "AdamW learning rate."),
+    "lr": _Key((int, float), 1e-3, "AdamW learning rate (the peak, with a schedule)."),
+    "lr_schedule": _Key((str,), "constant", '"constant" or "linear": the rate falls linearly to zero at the end '
+                        "of round `rounds` (which must then be set). The step count is the group's round times "
+                        "steps_per_round, so every node of a group uses the same rate, across restarts too."),
+    "warmup_rounds": _Key((int,), 0, "Rounds over which the rate rises linearly from lr / (warmup steps) to lr "
+                          "(a learner's first teacher versions are its worst: a warmup keeps them from "
+                          "steering it far)."),
     "batch_size": _Key((int,), 16, "Training batch size."),
     "max_length": _Key((int,), 128, "Tokens per text (longer texts are truncated)."),
     "steps_per_round": _Key((int,), 10, "Local optimizer steps between two syncs (K)."),
@@ -96,6 +102,8 @@ class TrainerSettings:
     lora_alpha: float
     lora_targets: tuple[str, ...] | None
     lr: float
+    lr_schedule: str
+    warmup_rounds: int
     batch_size: int
     max_length: int
     steps_per_round: int
@@ -126,6 +134,17 @@ class TrainerSettings:
     @property
     def wire_codec(self) -> str:
         return self.codec.removesuffix("-ef")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based, counted from round 0 of the group)."""
+        factor = 1.0
+        warmup = self.warmup_rounds * self.steps_per_round
+        if warmup:
+            factor = min(1.0, (step + 1) / warmup)
+        if self.lr_schedule == "linear":
+            total = self.rounds * self.steps_per_round
+            factor *= max(0.0, (total - step) / total)
+        return self.lr * factor
 
 
 def _fail(worker: str, key: str, message: str) -> WorkerSettingsError:
@@ -166,7 +185,7 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
             raise _fail(worker, key, f"must be >= 1, got {values[key]}")
     if values["threads"] is not None and values["threads"] < 1:
         raise _fail(worker, "threads", "must be >= 1")
-    for key in ("rounds", "min_peers"):
+    for key in ("rounds", "min_peers", "warmup_rounds"):
         if values[key] < 0:
             raise _fail(worker, key, f"must be >= 0, got {values[key]}")
     for key in ("lr", "lora_alpha", "round_deadline", "hello_interval", "member_timeout", "anchor_weight"):
@@ -176,6 +195,12 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
         values["join_wait"] = 2.0 * values["hello_interval"]
     elif not values["join_wait"] >= 0:
         raise _fail(worker, "join_wait", "must be >= 0")
+    if values["lr_schedule"] not in ("constant", "linear"):
+        raise _fail(worker, "lr_schedule", f'expected "constant" or "linear", got {values["lr_schedule"]!r}')
+    if values["lr_schedule"] == "linear" and values["rounds"] == 0:
+        raise _fail(worker, "lr_schedule", '"linear" decays to zero at the last round: set rounds')
+    if values["rounds"] and values["warmup_rounds"] >= values["rounds"]:
+        raise _fail(worker, "warmup_rounds", f"must be below rounds ({values['rounds']})")
     if values["balance"] not in ("none", "logit-adjust"):
         raise _fail(worker, "balance", f'expected "none" or "logit-adjust", got {values["balance"]!r}')
     if values["codec"] not in CODECS:

@@ -200,6 +200,8 @@ class TransferWorker(TaskWorker):
         self._exp = Expectation(cfg.task, self.space, anchors.name, len(anchors), anchors.hash)
         if cfg.role == "teacher" and cfg.trainer is not None and not {"linear", "prototypes"} & set(cfg.knowledge):
             return anchors   # predictions only: the trainer's model makes them, no frozen embedder needed
+        if not self._keeps_route:
+            return anchors   # the learner answers and trains on the teacher's labels: no frozen model needed
         if cfg.threads:
             import torch
 
@@ -215,6 +217,16 @@ class TransferWorker(TaskWorker):
             self._eval_emb = self._embed(self._eval.texts, what="eval rows")
         self._doing = None
         return anchors
+
+    @property
+    def _keeps_route(self) -> bool:
+        """Whether this worker fits a frozen route of its own model. A student with a learner, no map
+        and no eval set does not: its learner answers `predict`, trains on the teacher's labels as
+        they came, and without an eval set the route would not even be a baseline, so loading a
+        second copy of the model and embedding the anchors would be work nobody uses."""
+        cfg = self.cfg
+        return not (cfg.role == "student" and cfg.learner is not None and not cfg.needs_anchors
+                    and cfg.eval_data is None)
 
     def _embed(self, texts: Sequence[str], what: str | None = None) -> np.ndarray:
         with self._embed_lock:
@@ -585,7 +597,7 @@ class TransferWorker(TaskWorker):
     def _fit_blocking(self, knowledge: dict[str, Any], teacher_anchors: np.ndarray | None
                       ) -> tuple[StudentFit, float | None, float]:
         t0 = time.perf_counter()
-        assert self._anchor_emb is not None
+        assert self._anchor_emb is not None or not self._keeps_route
         classes = next(iter(knowledge.values())).classes
         if self._eval is not None and set(classes) != set(self._eval.classes):
             raise TransferRefused("classes_mismatch", f"teacher's classes {list(classes)[:16]} are not this node's "
@@ -659,12 +671,13 @@ class TransferWorker(TaskWorker):
         if self._pool and self._pool_emb is None and self.cfg.needs_anchors:
             self._pool_emb = self._embed(self._pool)
         anchors, pool = taught_targets(knowledge, fit, self._anchor_emb, self._pool_emb if self.cfg.needs_anchors
-                                       else None)
+                                       else None, hard=self.cfg.learner_targets == "hard")
         texts = self._anchors.texts + (self._pool if pool is not None else ())
         targets = anchors if pool is None else np.vstack([anchors, pool])
         source = {"teacher": str(record.get("teacher") or "")[:64], "digest": str(record.get("digest") or "")[:64],
                   "teacher_round": record.get("teacher_round"), "form": fit.form,
-                  "anchors": len(self._anchors.texts), "pool": 0 if pool is None else len(pool)}
+                  "anchors": len(self._anchors.texts), "pool": 0 if pool is None else len(pool),
+                  "targets": self.cfg.learner_targets}
         return TaughtRows(texts, tuple(fit.classes), targets, source)
 
     # ------------------------------------------------------------------------------------ persistence
@@ -799,6 +812,7 @@ class TransferWorker(TaskWorker):
                        send_anchors=cfg.send_anchors)
             return out
         out["alignment"] = cfg.alignment
+        out["frozen_route"] = self._keeps_route
         if cfg.learner is not None:
             # `accuracy` above is the frozen route's; the learner's adapter is what classify serves
             t = self._trainer

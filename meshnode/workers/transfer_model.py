@@ -139,14 +139,16 @@ def fit_teacher_from_predictions(probs: np.ndarray, classes: Sequence[str], anch
 
 
 def taught_targets(knowledge: dict[str, Any], fit: StudentFit, anchor_emb: np.ndarray | None,
-                   pool_emb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+                   pool_emb: np.ndarray | None, *, hard: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """What a student hands its learner: (N, C) targets for the anchors — the teacher's predictions
-    (soft, or one-hot when hard), else the student's fitted route's one-hot labels — and, with a map
-    and a pool, one-hot pseudo-labels of the pool through that route (bench_distill's aligned arm)."""
+    (its scores when they are soft and `hard` is False, else one-hot of its predicted class), else the
+    student's fitted route's one-hot labels — and, with a map and a pool, one-hot pseudo-labels of the
+    pool through that route (bench_distill's aligned arm)."""
     c = len(fit.classes)
     pk = knowledge.get("predictions")
     if isinstance(pk, PredictionKnowledge) and tuple(pk.classes) == tuple(fit.classes):
-        anchors = pk.predictions.astype(np.float32) if pk.soft else np.eye(c, dtype=np.float32)[pk.hard_labels()]
+        soft = pk.soft and not hard
+        anchors = pk.predictions.astype(np.float32) if soft else np.eye(c, dtype=np.float32)[pk.hard_labels()]
     elif anchor_emb is not None:
         anchors = np.eye(c, dtype=np.float32)[fit.predict(anchor_emb)]
     else:
@@ -171,7 +173,14 @@ class StudentFit:
     prototypes: np.ndarray | None = None
     aligner: Aligner | None = None
 
+    @property
+    def has_route(self) -> bool:
+        """False for a learner's student that keeps only the teacher's labels (no frozen model loaded)."""
+        return self.prototypes is not None or self.weight is not None
+
     def scores(self, emb: np.ndarray) -> np.ndarray:
+        if not self.has_route:
+            raise ValueError("this student keeps no frozen route: its learner answers")
         if self.alignment == ANCHOR_LABELS:
             x = self.space.encode(emb, center=self.center, tau=self.tau, whiten=self.whiten)
         else:
@@ -186,13 +195,16 @@ class StudentFit:
         return self.scores(emb).argmax(axis=1)
 
 
-def fit_student(alignment: str, space: Space, tau: float, anchor_emb: np.ndarray, *,
+def fit_student(alignment: str, space: Space, tau: float, anchor_emb: np.ndarray | None, *,
                 knowledge: dict[str, Any], teacher_anchors: np.ndarray | None, seed: int = 0) -> StudentFit:
-    """Fit the student's classifier from what one teacher sent (`knowledge`: form -> hdc knowledge)."""
+    """Fit the student's classifier from what one teacher sent (`knowledge`: form -> hdc knowledge).
+    Without `anchor_emb` (anchor-labels only) the fit keeps the teacher's labels and no route."""
     if alignment == ANCHOR_LABELS:
         pk = knowledge.get("predictions")
         if not isinstance(pk, PredictionKnowledge):
             raise ValueError("anchor-labels needs the teacher's predictions on the anchors")
+        if anchor_emb is None:
+            return StudentFit(alignment, pk.classes, "predictions", space, tau)
         center, whiten = space_encoder(space, anchor_emb)
         x = space.encode(anchor_emb, center=center, tau=tau, whiten=whiten).astype(np.float64)
         if pk.soft:
@@ -205,8 +217,8 @@ def fit_student(alignment: str, space: Space, tau: float, anchor_emb: np.ndarray
                           weight=weight, bias=bias)
     if alignment not in MAP_METHODS:
         raise ValueError(f"unknown alignment {alignment!r}; known: {', '.join(ALIGNMENTS)}")
-    if teacher_anchors is None:
-        raise ValueError(f"alignment {alignment!r} needs the teacher's anchor vectors")
+    if teacher_anchors is None or anchor_emb is None:
+        raise ValueError(f"alignment {alignment!r} needs the teacher's anchor vectors and this model's")
     params = {"seed": seed} if alignment == "contrastive" else {}
     aligner = fit_wire_honest(alignment, anchor_emb, teacher_anchors, **params)
     lk = knowledge.get("linear")

@@ -99,6 +99,10 @@ SETTINGS: dict[str, _Key] = {
     "max_teachers": _Key((int,), 8, STUDENT, "Teacher versions assembled at once (memory: N x D bytes each)."),
     "learner": _Key((str,), None, STUDENT, "Name of a trainer worker on this node (same task, any train_data or "
                     "none) that trains its LoRA adapter on the anchors with the teacher's soft labels."),
+    "learner_targets": _Key((str,), "hard", STUDENT, 'What the learner trains on: "hard" (the teacher\'s '
+                            'predicted class, one-hot) or "soft" (its scores). A teacher a few rounds into '
+                            "training scores every anchor near 1/C; its argmax still carries what it knows "
+                            "(docs/WORKERS.md \"The knowledge loop\")."),
     "pool": _Key((str,), None, STUDENT, "With `learner` and a map: more unlabeled texts (file like `anchors`) that "
                  "the map pseudo-labels for the learner too."),
 }
@@ -147,6 +151,7 @@ class TransferSettings:
     publish_every: int
     publish_margin: float
     learner: str | None
+    learner_targets: str
     pool: Path | None
 
     @property
@@ -227,6 +232,7 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
         raise _fail(worker, "chunk_bytes", f"must be in 1024..{MAX_CHUNK_BYTES}")
     _choice(worker, "alignment", values["alignment"], ALIGNMENTS)
     _choice(worker, "predictions", values["predictions"], ("soft", "hard"))
+    _choice(worker, "learner_targets", values["learner_targets"], ("soft", "hard"))
     _choice(worker, "probe", values["probe"], ("ridge", "logistic"))
     _choice(worker, "send_anchors", values["send_anchors"], ("on_request", "always", "never"))
     forms = values["knowledge"]

@@ -147,3 +147,19 @@ def test_the_demo_does_not_clear_a_directory_whose_daemons_still_run(tmp_path) -
         assert (directory / "s1" / "state").is_dir()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("state", "round_", "finished"), [
+    ("evaluating", 12, False),   # position passed the last round, its eval still running: not the result yet
+    ("merging", 12, False),
+    ("training", 11, False),
+    ("done", 12, True),
+    ("stopped", 12, True),       # after the run: the daemon's view of a worker that reached its rounds
+    ("stopped", 11, False),
+])
+def test_a_trainer_is_finished_only_once_its_last_eval_is_in(state, round_, finished) -> None:
+    from meshnode.demo.watch import WorkerView
+
+    w = WorkerView(name="lora", type="trainer", state=state, doing=None, model="m", round=round_, rounds_target=12,
+                   accuracy=0.6, initial_accuracy=0.5, delta_bytes=0, fp32_bytes=0, taught=True, error=None)
+    assert w.finished is finished

@@ -66,8 +66,10 @@ def tiny_version(tmp: Path) -> dict[str, Any]:
                 # machine a short one ends rounds before the peer's delta is in, and the run (and its
                 # accuracy) then depends on the load. Long: every round merges every member's delta.
                 learner = "train_data" not in s
+                # A constant rate: at these sizes a learner's linear decay halves what 12 short rounds learn.
                 s.update(steps_per_round=8, rounds=12 if learner else 6, max_length=16, batch_size=16,
-                         lr=1e-2 if learner else 3e-2, lora_rank=4, eval_every=1, max_eval=120,
+                         lr=1e-2 if learner else 3e-2, lr_schedule="constant", warmup_rounds=0,
+                         lora_rank=4, eval_every=1, max_eval=120,
                          hello_interval=0.5, join_wait=0.5, round_deadline=300, member_timeout=600)
             elif s["role"] == "student":
                 s.update(announce_interval=0.5)
@@ -91,8 +93,10 @@ def test_the_heterogeneous_scenario_runs_and_reports_every_nodes_accuracy(tmp_pa
         curve = node["accuracy"]["lora"]
         assert curve["type"] == "trainer" and curve["final"] is not None and len(curve["over_time"]) >= 2
     for name in ("s1", "s2"):
-        lora, learn = nodes[name]["accuracy"]["lora"], nodes[name]["accuracy"]["learn"]
-        assert lora["model"].endswith("llama") and learn["role"] == "student"
+        lora = nodes[name]["accuracy"]["lora"]
+        assert lora["model"].endswith("llama")
+        # the student has no eval set: it keeps no frozen route, so the learner's curve is the node's only one
+        assert set(nodes[name]["accuracy"]) == {"lora"}
         # the learners learnt from the MiniLM group's adapter, with no label of their own
         assert lora["final"] >= 0.75 and lora["final"] > lora["over_time"][0][1] + 0.15, lora
         metrics = next(w for w in nodes[name]["workers"] if w["name"] == "lora")["metrics"]

@@ -48,7 +48,7 @@ LEARNERS = ("l1", "l2")
 def world(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("loop")
     # Seeded keys: a trainer mixes its node id into its data order, so fixed ids make the runs repeat.
-    ids = simulated_mesh(root / "ids", ("teacher", "watcher", *LEARNERS), 11, now=datetime.now(timezone.utc))
+    ids = simulated_mesh(root / "ids", ("teacher", "watcher", *LEARNERS, "l3", "l4"), 11, now=datetime.now(timezone.utc))
     torch.manual_seed(0)
     bert = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    intermediate_size=64, max_position_embeddings=64)
@@ -94,14 +94,22 @@ def teacher_node(world: dict[str, Any], tmp: Path, **over: Any) -> Node:
     return Node(cfg, world["ids"]["teacher"], rng=random.Random(1))
 
 
-def learner_node(world: dict[str, Any], tmp: Path, name: str, static: list[str], **trainer_over: Any) -> Node:
+def learner_node(world: dict[str, Any], tmp: Path, name: str, static: list[str], *,
+                 student: dict[str, Any] | None = None, **trainer_over: Any) -> Node:
+    """A learner (trainer with no labels) and its student; `student` replaces student settings (a
+    value of None removes the key)."""
+    student_settings = {"role": "student", **transfer_common(world, "llama"), "learner": "lora",
+                        "eval_data": str(world["eval"]), "eval_split": "dev", "announce_interval": 0.3}
+    for key, value in (student or {}).items():
+        if value is None:
+            student_settings.pop(key, None)
+        else:
+            student_settings[key] = value
     workers = [
         {"name": "lora", "type": "trainer",
          "settings": trainer_settings(world, "llama", **{"min_peers": 1, "lora_targets": ["q_proj", "v_proj"],
                                                           **trainer_over})},
-        {"name": "xfer", "type": "transfer",
-         "settings": {"role": "student", **transfer_common(world, "llama"), "learner": "lora",
-                      "eval_data": str(world["eval"]), "eval_split": "dev", "announce_interval": 0.3}},
+        {"name": "xfer", "type": "transfer", "settings": student_settings},
     ]
     cfg = node_config(tmp / name, world["ids"][name], static=static, workers=workers)
     return Node(cfg, world["ids"][name], rng=random.Random(hash(name) % 1000))
@@ -269,6 +277,34 @@ async def test_bad_versions_are_refused_with_a_reason_and_the_learner_goes_on(wo
             assert status(learner, "xfer")["state"] == "waiting"
             assert status(learner, "lora")["state"] == "waiting-teacher"
             assert status(learner, "lora")["rows"]["taught"] == 0
+
+
+@aio
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+async def test_a_learner_is_taught_the_teachers_classes_or_scores_and_its_student_loads_no_model(
+        world, tmp_path, targets) -> None:
+    # no eval set on the student: its frozen route would serve nothing and measure nothing, so it
+    # is not fitted and the model is not loaded a second time
+    learner = learner_node(world, tmp_path, "l3" if targets == "hard" else "l4", [], min_peers=0,
+                           student={"eval_data": None, "eval_split": None, "learner_targets": targets})
+    async with running(learner):
+        student = await prepared_student(learner)
+        assert student._embedder is None and status(learner, "xfer")["frozen_route"] is False
+        exp = student._exp
+        probs = np.random.default_rng(3).dirichlet([2.0, 2.0], size=exp.anchor_count).astype(np.float32)
+        sender = member_linked_to(world, tmp_path, learner, 6)
+        async with running(sender):
+            await linked(sender, learner)
+            await sender.publish(version(student, exp, probs, b"\x07" * 16))
+            await wait_for(lambda: status(learner, "lora")["rows"]["taught"] == exp.anchor_count,
+                           "the teacher's rows to reach the learner")
+        taught = local(learner, "lora")._model.taught_targets
+        want = np.eye(2, dtype=np.float32)[probs.argmax(1)] if targets == "hard" else probs
+        np.testing.assert_allclose(taught, want, rtol=0, atol=1e-6)
+        assert status(learner, "xfer")["learner"]["taught"]["targets"] == targets
+        # the learner answers for the node; the student, with no route, answers through it
+        answer = await query(learner.config.control.socket, "classify", texts=["great fun"], worker="xfer")
+        assert answer["via"] == "lora"
 
 
 def test_settings_of_the_loop_are_checked() -> None:

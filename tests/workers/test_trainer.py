@@ -367,3 +367,38 @@ def test_joining_nodes_do_not_answer_each_others_hellos_back_and_forth(world) ->
         m = report["nodes"][n]["workers"][0]["metrics"]
         assert m["rounds"] == 1
         assert m["hellos"] <= 30 / HELLO_ANSWER_GAP_S + 30 / 5.0 + 4, m
+
+
+def test_the_learning_rate_follows_the_group_round_with_warmup_and_linear_decay(world) -> None:
+    from meshnode.workers.trainer_model import LoraModel
+    from meshnode.workers.trainer_settings import parse_settings
+
+    cfg = parse_settings("lora", settings(world, "a", lr=0.01, rounds=4, steps_per_round=5, warmup_rounds=1,
+                                          lr_schedule="linear"))
+    rates = [cfg.lr_at(s) for s in range(20)]
+    # warmup over the first round's 5 steps, then a straight line to zero at step 20
+    np.testing.assert_allclose(rates[:5], [0.01 * (s + 1) / 5 * (20 - s) / 20 for s in range(5)])
+    np.testing.assert_allclose(rates[5:], [0.01 * (20 - s) / 20 for s in range(5, 20)])
+    assert cfg.lr_at(20) == 0.0 and max(rates) < 0.01
+    constant = parse_settings("lora", settings(world, "a", lr=0.01))
+    assert {constant.lr_at(s) for s in (0, 7, 10_000)} == {0.01}
+    # the optimizer's rate is set from the step the caller names (the group's round x steps_per_round),
+    # not from how many steps this process has taken: a restarted or caught-up node uses the group's rate
+    model = LoraModel(cfg, node_id=b"\x01" * 32)
+    model.train(1, first_step=12)
+    assert model.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.lr_at(12))
+    model.train(2, first_step=3)
+    assert model.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.lr_at(4))
+
+
+@pytest.mark.parametrize(("over", "match"), [
+    ({"lr_schedule": "cosine", "rounds": 3}, "lr_schedule"),
+    ({"lr_schedule": "linear", "rounds": 0}, "set rounds"),
+    ({"warmup_rounds": 3, "rounds": 3}, "warmup_rounds"),
+    ({"warmup_rounds": -1}, "warmup_rounds"),
+])
+def test_a_bad_learning_rate_schedule_is_refused_naming_the_key(world, over, match) -> None:
+    from meshnode.workers.trainer_settings import parse_settings
+
+    with pytest.raises(WorkerSettingsError, match=match):
+        parse_settings("lora", settings(world, "a", **over))
