@@ -4,8 +4,8 @@ The mesh is deploy/scenarios/heterogeneous.toml (SST-2) or heterogeneous-ag_news
 `meshnode sim` (real Node objects and workers over simulated Wi-Fi links, virtual time that advances
 by the real compute time): two MiniLM-L6 trainers on label-skewed shards (90% of one side each)
 whose transfer teachers teach what their synchronised adapter predicts on 500 anchors, and two
-SmolLM2-135M learners with no labels whose transfer students hand those soft labels to their own
-trainer (LoRA), the two learners syncing with each other. Per seed (the scenario seed, and every
+SmolLM2-135M learners with no labels whose transfer students hand those labels (the predicted class,
+`learner_targets = "hard"`) to their own trainer (LoRA), the two learners syncing with each other. Per seed (the scenario seed, and every
 trainer's `seed`), the same run also measures the baselines a reviewer would ask for:
 
   (i)   student_frozen_soft       today's default student: a frozen SmolLM2 probe (anchor-labels) on a
@@ -21,7 +21,7 @@ trainer's `seed`), the same run also measures the baselines a reviewer would ask
 Final accuracies are on the whole eval set (SST-2 dev, 872; AG News: 1000 test rows), from each
 group's last checkpoint (both nodes of a group hold bit-identical adapters: checked); the curves
 (`accuracy_over_time`, simulated seconds) are the workers' own evals on a seeded sample of 300 rows (max_eval), every
-2nd round. Paired 95% CIs: over seeds when there are 3 or more, else a bootstrap over eval items
+2nd round for a trainer and every 3rd for a learner. Paired 95% CIs: over seeds when there are 3 or more, else a bootstrap over eval items
 (pooled over the seeds run), said in `ci_kind`.
 
     .venv/bin/python benches/bench_mesh_learning.py --task sst2 --seeds 0,1,2
@@ -164,7 +164,10 @@ def with_seed(data: dict[str, Any], seed: int, keep: tuple[str, ...] | None = No
         for w in n.get("workers", []):
             if w["type"] == "trainer":
                 w["settings"]["seed"] = seed
-                w["settings"]["rounds"] = max(1, round(w["settings"]["rounds"] * scale))
+                s = w["settings"]
+                s["rounds"] = max(1, round(s["rounds"] * scale))
+                if "warmup_rounds" in s:   # scaled too, and kept below the rounds (the parser's rule)
+                    s["warmup_rounds"] = min(round(s["warmup_rounds"] * scale), s["rounds"] - 1)
     return out
 
 
@@ -255,8 +258,8 @@ def frozen_baselines(fleet: Fleet, seed: int) -> dict[str, Any]:
         return fit_student("anchor-labels", space, tau, sa, knowledge=teacher.forms, teacher_anchors=None, seed=seed)
 
     # Today's default: each MiniLM node's frozen teacher probes its own (skewed) shard; the student keeps
-    # the teacher whose knowledge scores best on its own eval set (the worker's rule: its first
-    # `max_eval` rows drawn with its seed), and is scored on the whole eval set.
+    # the teacher whose knowledge scores best on an eval set (a frozen student's rule; this one uses the
+    # learner's: its first `max_eval` rows drawn with its seed), and is scored on the whole eval set.
     own = [student_on(tt[i * len(shards[0]):(i + 1) * len(shards[0])], shards[i].labels) for i in range(len(shards))]
     sample = load_labeled(resolve(student["eval_data"]), student.get("eval_split", "dev"),
                           limit=student.get("max_eval", SETTINGS["max_eval"].default), seed=student.get("seed", 0))

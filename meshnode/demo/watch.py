@@ -47,12 +47,12 @@ class WorkerView:
 
     @property
     def finished(self) -> bool:
-        """A trainer that reached its rounds (its state says "done", or "stopped" once the run ended).
-        Its position passes the last round before the round's eval ends: a trainer still evaluating or
-        merging is not finished, or the demo would stop it and show the previous eval as its result."""
-        return self.state == "done" or (self.round is not None and self.rounds_target is not None
-                                        and self.round >= self.rounds_target
-                                        and self.state not in ("evaluating", "merging"))
+        """A trainer that reached its rounds: its state says "done", or "stopped" (once the run ended)
+        with its round at the target. Its position passes the last round before that round's eval
+        ends, so the round alone is not enough: the demo would stop a trainer still evaluating and
+        show the eval before as its result."""
+        return self.state == "done" or (self.state == "stopped" and self.round is not None
+                                        and self.rounds_target is not None and self.round >= self.rounds_target)
 
 
 @dataclass(frozen=True)

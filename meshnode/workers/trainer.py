@@ -335,6 +335,13 @@ class TrainerWorker(TaskWorker):
         self._catchups += 1
         ctx.metrics.inc("catchups")
         ctx.logger.info("trainer %s: caught up to round %d from %s", self.name, pos.round, peer.hex()[:16])
+        if cfg.rounds and pos.round >= cfg.rounds and self._model.eval_data is not None:
+            # caught up past the last round: no round of ours will evaluate, so the accuracy shown as
+            # this node's result would be one from before the catch-up
+            self._state = "evaluating"
+            accuracy = await ctx.run_blocking(self._evaluate_locked)
+            if accuracy is not None:
+                self._accuracy = accuracy
 
     def _adopt_snapshot(self, pos: Position, tensors: dict[str, np.ndarray], now_us: int) -> None:
         assert self._book is not None
@@ -470,6 +477,10 @@ class TrainerWorker(TaskWorker):
         with self._model_lock:
             accuracy = self._model.evaluate()
         return accuracy, t1 - t0, time.perf_counter() - t1
+
+    def _evaluate_locked(self) -> float | None:
+        with self._model_lock:
+            return self._model.evaluate()
 
     def _log_round(self, record: dict[str, Any]) -> None:
         try:

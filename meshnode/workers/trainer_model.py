@@ -25,6 +25,7 @@ __all__ = ["HEAD_MODULES", "LoraModel", "wire_name"]
 # The classification heads transformers puts on encoders ("classifier") and decoders ("score"):
 # trained and synced with the adapter, left out of the base model's fingerprint.
 HEAD_MODULES = ("classifier", "score")
+GROUP_WINDOW = 16   # batches sorted together under group_by_length (transformers uses 50)
 
 
 def wire_name(peft_name: str) -> str:
@@ -192,6 +193,26 @@ class LoraModel:
             return self.train_data.texts[i], int(self.train_data.labels[i]), None
         return self.taught_texts[i - n], None, self.taught_targets[i - n]
 
+    def _epoch_order(self, total: int) -> list[int]:
+        """One epoch's row order; consecutive runs of batch_size rows are the batches. With
+        group_by_length, windows of GROUP_WINDOW batches of the shuffled order are sorted by text
+        length and cut into batches whose order is shuffled again; the epoch's remainder (fewer rows
+        than a batch, dropped as always) stays a random draw and goes last."""
+        order = [int(i) for i in self.rng.permutation(total)]
+        bs = self.cfg.batch_size
+        if not self.cfg.group_by_length or total <= bs:
+            return order
+        # The remainder that an epoch drops is taken off the shuffled order first, so the rows dropped
+        # are a random few, not always the longest texts of the last window.
+        cut = total - total % bs
+        order, rest = order[:cut], order[cut:]
+        window = bs * GROUP_WINDOW
+        batches: list[list[int]] = []
+        for start in range(0, cut, window):
+            chunk = sorted(order[start:start + window], key=lambda i: len(self._row(i)[0]))
+            batches += [chunk[j:j + bs] for j in range(0, len(chunk), bs)]
+        return [i for k in self.rng.permutation(len(batches)) for i in batches[int(k)]] + rest
+
     def train(self, steps: int, first_step: int = 0) -> float:
         """`steps` AdamW steps on shuffled batches of every row this node has; the mean training loss.
         A batch of labelled rows only is plain cross-entropy (as transformers computes it); a batch
@@ -209,7 +230,7 @@ class LoraModel:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr_at(first_step + i)
             if len(self.order) < min(bs, total):
-                self.order = [int(i) for i in self.rng.permutation(total)]
+                self.order = self._epoch_order(total)
             take, self.order = self.order[:bs], self.order[bs:]
             rows = [self._row(i) for i in take]
             batch = self._batch([r[0] for r in rows])

@@ -50,15 +50,20 @@ SETTINGS: dict[str, _Key] = {
     "lora_alpha": _Key((int, float), 16, "LoRA alpha (scaling alpha / r)."),
     "lora_targets": _Key((list,), None, "Module names LoRA adapts (default: peft's choice for the architecture, "
                          "e.g. query/value for BERT)."),
-    "lr": _Key((int, float), 1e-3, "AdamW learning rate (the peak, with a schedule)."),
-    "lr_schedule": _Key((str,), "constant", '"constant" or "linear": the rate falls linearly to zero at the end '
-                        "of round `rounds` (which must then be set). The step count is the group's round times "
-                        "steps_per_round, so every node of a group uses the same rate, across restarts too."),
-    "warmup_rounds": _Key((int,), 0, "Rounds over which the rate rises linearly from lr / (warmup steps) to lr "
-                          "(a learner's first teacher versions are its worst: a warmup keeps them from "
-                          "steering it far)."),
+    "lr": _Key((int, float), 1e-3, "AdamW learning rate (with a schedule, the scale that the schedule multiplies)."),
+    "lr_schedule": _Key((str,), "constant", '"constant" or "linear": lr times a factor falling linearly to zero at '
+                        "the end of round `rounds` (which must then be set). The step count is the group's round "
+                        "times steps_per_round, so nodes of a group with the same schedule settings train at the "
+                        "same rate, across restarts too."),
+    "warmup_rounds": _Key((int,), 0, "Rounds over which a ramp from 1 / (warmup steps) to 1 multiplies the rate "
+                          "(with \"linear\" the product peaks a little below lr). A learner's first teacher "
+                          "versions are its worst: a warmup keeps them from steering it far."),
     "batch_size": _Key((int,), 16, "Training batch size."),
     "max_length": _Key((int,), 128, "Tokens per text (longer texts are truncated)."),
+    "group_by_length": _Key((bool,), False, "Batch texts of similar length together (as transformers' "
+                            "group_by_length): each epoch's shuffled order is cut in windows of 16 batches, each "
+                            "sorted by length, and the batches shuffled; a batch then pads to far less. Worth it "
+                            "when lengths vary a lot (short anchors beside long sentences)."),
     "steps_per_round": _Key((int,), 10, "Local optimizer steps between two syncs (K)."),
     "anchor_weight": _Key((int, float), 1.0, "Weight of a teacher-labelled anchor row in the loss, against 1 for "
                           "a row of train_data (rows come from a local transfer student's `learner` link)."),
@@ -106,6 +111,7 @@ class TrainerSettings:
     warmup_rounds: int
     batch_size: int
     max_length: int
+    group_by_length: bool
     steps_per_round: int
     anchor_weight: float
     balance: str
@@ -172,7 +178,7 @@ def parse_settings(worker: str, raw: Mapping[str, Any], *, base_dir: Path | None
             values[key] = spec.default
             continue
         v = raw[key]
-        if isinstance(v, bool) or not isinstance(v, spec.types):
+        if (isinstance(v, bool) and bool not in spec.types) or not isinstance(v, spec.types):
             names = " or ".join(t.__name__ for t in spec.types)
             raise _fail(worker, key, f"expected {names}, got {type(v).__name__}")
         values[key] = v

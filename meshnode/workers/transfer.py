@@ -666,6 +666,12 @@ class TransferWorker(TaskWorker):
         self._taught = {**dict(rows.source), "rows": len(rows.texts)}
         self.ctx.metrics.inc("taught")
 
+    def _soft_taught(self, knowledge: dict[str, Any]) -> bool:
+        """Whether the anchors' targets are the teacher's scores (else one-hot: by setting, because the
+        teacher sent hard labels, or because they come from the student's route)."""
+        pk = knowledge.get("predictions")
+        return self.cfg.learner_targets == "soft" and isinstance(pk, PredictionKnowledge) and pk.soft
+
     def _taught_rows(self, fit: StudentFit, knowledge: dict[str, Any], record: dict[str, Any]) -> TaughtRows:
         assert self._anchors is not None
         if self._pool and self._pool_emb is None and self.cfg.needs_anchors:
@@ -677,7 +683,7 @@ class TransferWorker(TaskWorker):
         source = {"teacher": str(record.get("teacher") or "")[:64], "digest": str(record.get("digest") or "")[:64],
                   "teacher_round": record.get("teacher_round"), "form": fit.form,
                   "anchors": len(self._anchors.texts), "pool": 0 if pool is None else len(pool),
-                  "targets": self.cfg.learner_targets}
+                  "targets": "soft" if self._soft_taught(knowledge) else "hard"}
         return TaughtRows(texts, tuple(fit.classes), targets, source)
 
     # ------------------------------------------------------------------------------------ persistence
@@ -727,6 +733,8 @@ class TransferWorker(TaskWorker):
         expect = {"task": self.cfg.task, "alignment": self.cfg.alignment, "anchor_hash": self._exp.anchor_hash.hex(),
                   "model_fingerprint": self._fingerprint(),
                   "space": {"seed": self.space.seed, "dim": self.space.dim, "version": self.space.version}}
+        if not self._keeps_route:
+            del expect["model_fingerprint"]   # labels on the anchors do not depend on this node's model
         stale = [k for k, v in expect.items() if doc.get(k) != v]
         if stale or doc.get("received_sha256") != hashlib.sha256(blob).hexdigest():
             log.info("transfer %s: saved result does not fit (%s); starting fresh", self.name,

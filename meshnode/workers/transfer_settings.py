@@ -98,7 +98,7 @@ SETTINGS: dict[str, _Key] = {
     "announce_interval": _Key((int, float), 10.0, STUDENT, "Seconds between hellos until a teacher is adopted."),
     "max_teachers": _Key((int,), 8, STUDENT, "Teacher versions assembled at once (memory: N x D bytes each)."),
     "learner": _Key((str,), None, STUDENT, "Name of a trainer worker on this node (same task, any train_data or "
-                    "none) that trains its LoRA adapter on the anchors with the teacher's soft labels."),
+                    "none) that trains its LoRA adapter on the anchors with the teacher's labels (`learner_targets`)."),
     "learner_targets": _Key((str,), "hard", STUDENT, 'What the learner trains on: "hard" (the teacher\'s '
                             'predicted class, one-hot) or "soft" (its scores). A teacher a few rounds into '
                             "training scores every anchor near 1/C; its argmax still carries what it knows "

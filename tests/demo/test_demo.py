@@ -156,6 +156,8 @@ def test_the_demo_does_not_clear_a_directory_whose_daemons_still_run(tmp_path) -
     ("done", 12, True),
     ("stopped", 12, True),       # after the run: the daemon's view of a worker that reached its rounds
     ("stopped", 11, False),
+    ("preparing", 12, False),    # restored at its last round, its start eval still running
+    ("catching-up", 12, False),  # adopting a peer's adapter past the last round: its eval comes next
 ])
 def test_a_trainer_is_finished_only_once_its_last_eval_is_in(state, round_, finished) -> None:
     from meshnode.demo.watch import WorkerView

@@ -402,3 +402,53 @@ def test_a_bad_learning_rate_schedule_is_refused_naming_the_key(world, over, mat
 
     with pytest.raises(WorkerSettingsError, match=match):
         parse_settings("lora", settings(world, "a", **over))
+
+
+def test_grouping_by_length_keeps_an_epoch_a_permutation_and_batches_texts_of_like_length(world) -> None:
+    from meshnode.workers.trainer_model import LoraModel
+    from meshnode.workers.trainer_settings import parse_settings
+
+    def model(group: bool) -> LoraModel:
+        m = LoraModel(parse_settings("lora", settings(world, "a", batch_size=4, group_by_length=group)),
+                      node_id=b"\x01" * 32)
+        # rows of very different lengths, so that grouping has something to do
+        texts = tuple("word " * (1 + (i * 7) % 23) for i in range(70))
+        m.set_targets(texts, np.full((70, 2), 0.5, np.float32))
+        return m
+
+    plain, grouped = model(False), model(True)
+    rows = plain.rows
+    order = grouped._epoch_order(rows)
+    assert sorted(order) == list(range(rows))   # every row once: nothing dropped, nothing twice
+
+    def spread(m: LoraModel, order: list[int]) -> float:
+        full = [order[j:j + 4] for j in range(0, len(order) - len(order) % 4, 4)]
+        return float(np.mean([np.ptp([len(m._row(i)[0]) for i in b]) for b in full]))
+
+    # in-batch length spread falls to a fraction of a shuffled epoch's; the batches are still shuffled
+    assert spread(grouped, order) < 0.3 * spread(plain, plain._epoch_order(rows))
+    lengths = [len(grouped._row(i)[0]) for i in order]
+    assert lengths != sorted(lengths)
+    assert np.isfinite(grouped.train(3)) and grouped.steps == 3
+
+
+@aio
+async def test_a_node_that_catches_up_past_the_last_round_reports_the_adapter_it_adopted(world, tmp_path) -> None:
+    over = {"rounds": 3, "lr": 3e-2}
+    a = make_node(world, tmp_path, "a", settings(world, "a", min_peers=0, **over), seed=1)
+    await a.start()
+    b = None
+    try:
+        await wait_for(lambda: wstatus(a)["state"] == "done", "a to finish its rounds alone", timeout=120)
+        done = wstatus(a)
+        assert done["accuracy"] != done["initial_accuracy"]   # else this test could not tell the two apart
+        b = make_node(world, tmp_path, "b", settings(world, "b", min_peers=1, **over), static=[f"127.0.0.1:{a.port}"],
+                      seed=2)
+        await b.start()
+        await wait_for(lambda: wstatus(b)["state"] == "done", "b to catch up to a's last round", timeout=120)
+        caught = wstatus(b)
+        assert caught["catchups"] == 1 and caught["round"] == 3 and caught["base"] == done["base"]
+        # its accuracy is the adopted adapter's (a's, on the same eval set), not its own start's
+        assert caught["accuracy"] == done["accuracy"]
+    finally:
+        await asyncio.gather(a.stop(), *(n.stop() for n in (b,) if n is not None))
