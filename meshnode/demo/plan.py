@@ -79,7 +79,7 @@ DEFAULT = Sizes(name="default", labelled_rows=1000, anchors=300, eval_rows=200,
                 trainer_rounds=8, trainer_steps=8, trainer_batch=16, trainer_lr=2e-3,
                 learner_rounds=10, learner_steps=8, learner_batch=8, learner_lr=3e-3,
                 max_length=40, eval_every=4, publish_every=2, learner_eval_every=5,
-                learner_lr_schedule="linear", learner_warmup_rounds=2)
+                learner_lr_schedule="linear", learner_warmup_rounds=2, group_by_length=True)
 FULL = Sizes(name="full", labelled_rows=1000, anchors=500, eval_rows=300,
              trainer_rounds=10, trainer_steps=10, trainer_batch=16, trainer_lr=1e-3,
              learner_rounds=12, learner_steps=8, learner_batch=8, learner_lr=3e-3,
