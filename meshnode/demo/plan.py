@@ -70,7 +70,7 @@ class Sizes:
                 f"label; accuracy on {self.eval_rows} SST-2 dev sentences")
 
 
-# Sized so that the whole demo ends in about 4-5 minutes on a 2-core laptop CPU once the models are
+# Sized so that the whole demo ends in about 4 minutes on a 2-core laptop CPU once the models are
 # installed (docs/QUICKSTART.md has the measured figures); FULL is the knowledge-loop scenario's size.
 # The learners' rate (lr 3e-3 times a 2-round warmup ramp and a linear decay: it peaks at 2.4e-3) was
 # read off 300 held-out SST-2 *train* sentences with a fixed teacher, against 1e-3 and 5e-3, never off the
