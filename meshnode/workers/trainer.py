@@ -474,8 +474,7 @@ class TrainerWorker(TaskWorker):
         t1 = time.perf_counter()
         if not evaluate:
             return None, t1 - t0, 0.0
-        with self._model_lock:
-            accuracy = self._model.evaluate()
+        accuracy = self._evaluate_locked()
         return accuracy, t1 - t0, time.perf_counter() - t1
 
     def _evaluate_locked(self) -> float | None:
