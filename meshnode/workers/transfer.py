@@ -666,24 +666,18 @@ class TransferWorker(TaskWorker):
         self._taught = {**dict(rows.source), "rows": len(rows.texts)}
         self.ctx.metrics.inc("taught")
 
-    def _soft_taught(self, knowledge: dict[str, Any]) -> bool:
-        """Whether the anchors' targets are the teacher's scores (else one-hot: by setting, because the
-        teacher sent hard labels, or because they come from the student's route)."""
-        pk = knowledge.get("predictions")
-        return self.cfg.learner_targets == "soft" and isinstance(pk, PredictionKnowledge) and pk.soft
-
     def _taught_rows(self, fit: StudentFit, knowledge: dict[str, Any], record: dict[str, Any]) -> TaughtRows:
         assert self._anchors is not None
         if self._pool and self._pool_emb is None and self.cfg.needs_anchors:
             self._pool_emb = self._embed(self._pool)
-        anchors, pool = taught_targets(knowledge, fit, self._anchor_emb, self._pool_emb if self.cfg.needs_anchors
+        anchors, pool, soft = taught_targets(knowledge, fit, self._anchor_emb, self._pool_emb if self.cfg.needs_anchors
                                        else None, hard=self.cfg.learner_targets == "hard")
         texts = self._anchors.texts + (self._pool if pool is not None else ())
         targets = anchors if pool is None else np.vstack([anchors, pool])
         source = {"teacher": str(record.get("teacher") or "")[:64], "digest": str(record.get("digest") or "")[:64],
                   "teacher_round": record.get("teacher_round"), "form": fit.form,
                   "anchors": len(self._anchors.texts), "pool": 0 if pool is None else len(pool),
-                  "targets": "soft" if self._soft_taught(knowledge) else "hard"}
+                  "targets": "soft" if soft else "hard"}
         return TaughtRows(texts, tuple(fit.classes), targets, source)
 
     # ------------------------------------------------------------------------------------ persistence

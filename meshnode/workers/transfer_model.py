@@ -139,22 +139,23 @@ def fit_teacher_from_predictions(probs: np.ndarray, classes: Sequence[str], anch
 
 
 def taught_targets(knowledge: dict[str, Any], fit: StudentFit, anchor_emb: np.ndarray | None,
-                   pool_emb: np.ndarray | None, *, hard: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                   pool_emb: np.ndarray | None, *, hard: bool = True) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """What a student hands its learner: (N, C) targets for the anchors — the teacher's predictions
     (its scores when they are soft and `hard` is False, else one-hot of its predicted class), else the
     student's fitted route's one-hot labels — and, with a map and a pool, one-hot pseudo-labels of the
-    pool through that route (bench_distill's aligned arm)."""
+    pool through that route (bench_distill's aligned arm); and whether the anchors' targets are scores."""
     c = len(fit.classes)
     pk = knowledge.get("predictions")
     if isinstance(pk, PredictionKnowledge) and tuple(pk.classes) == tuple(fit.classes):
         soft = pk.soft and not hard
         anchors = pk.predictions.astype(np.float32) if soft else np.eye(c, dtype=np.float32)[pk.hard_labels()]
     elif anchor_emb is not None:
+        soft = False
         anchors = np.eye(c, dtype=np.float32)[fit.predict(anchor_emb)]
     else:
         raise ValueError("no teacher predictions and no anchor embeddings to label the anchors with")
     pool = np.eye(c, dtype=np.float32)[fit.predict(pool_emb)] if pool_emb is not None and len(pool_emb) else None
-    return anchors, pool
+    return anchors, pool, bool(soft)
 
 
 @dataclass
